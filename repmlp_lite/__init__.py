@@ -1,0 +1,37 @@
+"""repmlp_lite: RepMLP (Ding et al., arXiv 2105.01883) by hand, one module per idea of the paper.
+
+* :mod:`~repmlp_lite.conv_as_fc`: a conv as an FC kernel, built by convolving an identity matrix.
+* :mod:`~repmlp_lite.fusion`: BatchNorm absorbed into the conv or FC next to it.
+* :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge.
+* :mod:`~repmlp_lite.deploy`: merging a whole model, and checking that the merge changed nothing.
+* :mod:`~repmlp_lite.nets`: RepMLP bottlenecks and a small RepMLP-ResNet with its conv baseline.
+* :mod:`~repmlp_lite.data`, :mod:`~repmlp_lite.train`: real images and a training loop for the book.
+"""
+
+from .block import RepMLPBlock, partition, unpartition
+from .conv_as_fc import conv_bias_to_fc, conv_to_fc, fc_forward, grouped_to_dense
+from .deploy import Equivalence, check_equivalence, deploy
+from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
+from .nets import RepMLPBottleneck, ResNetBottleneck, repmlp_light_block, small_conv_resnet, small_repmlp_resnet
+
+__all__ = [
+    "Equivalence",
+    "RepMLPBlock",
+    "RepMLPBottleneck",
+    "ResNetBottleneck",
+    "check_equivalence",
+    "conv_bias_to_fc",
+    "conv_to_fc",
+    "deploy",
+    "fc_forward",
+    "fuse_bn_linear",
+    "fuse_conv_bn",
+    "fuse_linear_bn",
+    "grouped_to_dense",
+    "partition",
+    "repmlp_light_block",
+    "small_conv_resnet",
+    "small_repmlp_resnet",
+    "unpartition",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,260 @@
+"""The RepMLP block (paper, Sec. 3.2 and Fig. 1): three perceptrons at training time, FCs only at inference.
+
+Training form, on an input ``(N, C, H, W)`` cut into ``h x w`` partitions
+(``H/h * W/w`` of them per image):
+
+* **Global perceptron**: average-pool each partition to one pixel, BN, FC1, ReLU, FC2; the
+  result (one value per channel and partition) is added onto every pixel of that partition.
+  It gives each partition a view of the whole image.
+* **Partition perceptron**: a grouped FC3 on each flattened partition ``(C*h*w -> O*h*w)``,
+  then BN. Its weights are shared by all partitions; it sees all positions at once.
+* **Local perceptron**: conv branches (kernel sizes ``reparam_conv_k``, "same" padding, the
+  same ``groups``), each followed by BN, on each partition; summed onto FC3's output.
+
+Inference form (:meth:`RepMLPBlock.switch_to_deploy`): the global perceptron's BN is absorbed
+into FC1, and FC3+BN plus every conv+BN branch become one FC3 kernel and bias
+(:mod:`repmlp_lite.fusion`, :mod:`repmlp_lite.conv_as_fc`). The outputs do not change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_4d, check_divisible, check_odd_kernel, check_positive
+from .conv_as_fc import conv_bias_to_fc, conv_to_fc
+from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
+
+
+def partition(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Cut ``(N, C, H, W)`` into ``h x w`` partitions: ``(N * H/h * W/w, C, h, w)``.
+
+    The reshapes are free (views); the permute that brings the partition index in front
+    of the channels is the one step that moves data.
+    """
+    n, c, height, width = x.shape
+    x = x.reshape(n, c, height // h, h, width // w, w)  # view
+    x = x.permute(0, 2, 4, 1, 3, 5)  # (N, H/h, W/w, C, h, w): strides only
+    return x.reshape(-1, c, h, w)  # copies, since the permuted tensor is not contiguous
+
+
+def unpartition(parts: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`partition`: ``(N * H/h * W/w, O, h, w)`` back to ``(N, O, H, W)``."""
+    _, o, h, w = parts.shape
+    parts = parts.reshape(n, height // h, width // w, o, h, w)
+    return parts.permute(0, 3, 1, 4, 2, 5).reshape(n, o, height, width)
+
+
+class GroupedFC(nn.Module):
+    """A fully-connected layer with ``groups``: ``(M, in_features) -> (M, out_features)``.
+
+    Group ``j`` maps input features ``j*in/g ...`` to output features ``j*out/g ...``.
+    ``weight`` has the layout of :func:`repmlp_lite.conv_as_fc.conv_to_fc`: ``(out, in/g)``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, groups: int = 1, bias: bool = False):
+        super().__init__()
+        check_divisible("in_features", in_features, "groups", groups)
+        check_divisible("out_features", out_features, "groups", groups)
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(out_features, in_features // groups))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default, per group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:
+            return F.linear(x, self.weight, self.bias)
+        m = x.shape[0]
+        g = self.groups
+        xg = x.reshape(m, g, -1).transpose(0, 1)  # (g, M, in/g)
+        wg = self.weight.reshape(g, -1, self.weight.shape[1]).transpose(1, 2)  # (g, in/g, out/g)
+        out = torch.bmm(xg, wg).transpose(0, 1).reshape(m, -1)  # (M, out)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        out_f, in_g = self.weight.shape
+        return f"in_features={in_g * self.groups}, out_features={out_f}, groups={self.groups}, bias={self.bias is not None}"
+
+
+class ConvBN(nn.Sequential):
+    """A bias-free conv with "same" padding followed by BatchNorm2d: one local-perceptron branch."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1):
+        check_odd_kernel("reparam_conv_k", kernel_size)
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=False
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The branch as one conv: ``(kernel (O, C/g, K, K), bias (O,))``."""
+        return fuse_conv_bn(self.conv.weight, None, self.bn)
+
+
+class GlobalPerceptron(nn.Module):
+    """Pool each partition to a pixel, BN, FC1, ReLU, FC2: ``(N, C, H, W) -> (N, C, H/h, W/w)``.
+
+    As in the authors' code, FC1 acts on the pooled pixels of *all* partitions at once
+    (``C * H/h * W/w`` features), and FC2 maps back to that size: each partition's
+    correction depends on the whole image.
+    """
+
+    def __init__(self, channels: int, h_parts: int, w_parts: int, h: int, w: int, reduction: int):
+        super().__init__()
+        features = channels * h_parts * w_parts
+        hidden = features // reduction
+        if hidden < 1:
+            raise ValueError(
+                f"reduction={reduction} leaves no hidden unit: need reduction <= C*(H/h)*(W/w) = {features}"
+            )
+        self.parts = (h_parts, w_parts)
+        self.pool = nn.AvgPool2d((h, w))
+        self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(channels)
+        self.fc1 = nn.Linear(features, hidden)
+        self.fc2 = nn.Linear(hidden, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.pool(x)
+        if self.bn is not None:
+            v = self.bn(v)
+        v = self.fc2(F.relu(self.fc1(v.flatten(1))))
+        return v.reshape(x.shape[0], x.shape[1], *self.parts)
+
+    def switch_to_deploy(self) -> None:
+        """Absorb the BN into FC1 (:func:`repmlp_lite.fusion.fuse_bn_linear`)."""
+        if self.bn is None:
+            raise ValueError("the global perceptron is already merged: switch_to_deploy() was called twice")
+        weight, bias = fuse_bn_linear(self.bn, self.fc1.weight, self.fc1.bias, self.parts[0] * self.parts[1])
+        self.fc1.weight.data.copy_(weight)
+        self.fc1.bias.data.copy_(bias)
+        self.bn = None
+
+
+class RepMLPBlock(nn.Module):
+    """RepMLP: ``(N, C, H, W) -> (N, O, H, W)``, trained with conv branches, deployed as FCs.
+
+    Args:
+        in_channels: ``C``.
+        out_channels: ``O``.
+        H, W: the input resolution the block is built for (FC1/FC2 sizes depend on it).
+        h, w: partition size; ``H`` must be divisible by ``h`` and ``W`` by ``w``.
+        groups: ``g`` of FC3 and of the conv branches; must divide ``C`` and ``O``.
+        reduction: ``r``, FC1's hidden size is ``C * (H/h) * (W/w) / r``.
+        reparam_conv_k: odd kernel sizes of the local perceptron's conv branches (may be empty).
+        global_perceptron: build the global perceptron. As in the authors' code (the paper's
+            text draws it always), it is built only when there is more than one partition,
+            since with a single partition it would add a per-channel constant that FC3 can learn.
+
+    Parameters of the deployed form: FC3 has ``O*h*w * C*h*w / g`` weights, against
+    ``O*H*W * C*H*W`` for one FC over the whole map.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        H: int,
+        W: int,
+        h: int,
+        w: int,
+        groups: int = 1,
+        reduction: int = 1,
+        reparam_conv_k: Sequence[int] = (1, 3, 5),
+        global_perceptron: bool = True,
+    ):
+        super().__init__()
+        for name, value in [
+            ("in_channels", in_channels), ("out_channels", out_channels), ("H", H), ("W", W),
+            ("h", h), ("w", w), ("groups", groups), ("reduction", reduction),
+        ]:
+            check_positive(name, value)
+        check_divisible("H", H, "h", h)
+        check_divisible("W", W, "w", w)
+        check_divisible("in_channels", in_channels, "groups", groups)
+        check_divisible("out_channels", out_channels, "groups", groups)
+        for k in reparam_conv_k:
+            check_odd_kernel("reparam_conv_k", k)
+
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.H, self.W, self.h, self.w = H, W, h, w
+        self.groups = groups
+        self.deployed = False
+
+        needs_global = global_perceptron and (H != h or W != w)
+        self.global_perceptron = (
+            GlobalPerceptron(in_channels, H // h, W // w, h, w, reduction) if needs_global else None
+        )
+        self.fc3 = GroupedFC(in_channels * h * w, out_channels * h * w, groups)
+        self.fc3_bn: nn.BatchNorm1d | None = nn.BatchNorm1d(out_channels * h * w)
+        self.local_perceptron: nn.ModuleDict | None = nn.ModuleDict(
+            {f"conv{k}": ConvBN(in_channels, out_channels, k, groups) for k in reparam_conv_k}
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        n = x.shape[0]
+        if self.global_perceptron is not None:
+            v = self.global_perceptron(x)  # (N, C, H/h, W/w)
+            x = x.reshape(n, self.in_channels, self.H // self.h, self.h, self.W // self.w, self.w)
+            x = (x + v[:, :, :, None, :, None]).reshape(n, self.in_channels, self.H, self.W)
+        parts = partition(x, self.h, self.w)  # (M, C, h, w)
+        out = self.fc3(parts.reshape(parts.shape[0], -1))  # (M, O*h*w)
+        if self.fc3_bn is not None:
+            out = self.fc3_bn(out)
+        if self.local_perceptron:
+            for branch in self.local_perceptron.values():
+                out = out + branch(parts).reshape(out.shape)
+        out = out.reshape(-1, self.out_channels, self.h, self.w)
+        return unpartition(out, n, self.H, self.W)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        check_4d("input", x)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"input has {x.shape[1]} channels but the block was built for in_channels={self.in_channels}")
+        if tuple(x.shape[2:]) != (self.H, self.W):
+            raise ValueError(
+                f"input is {x.shape[2]}x{x.shape[3]} but the block was built for H x W = {self.H}x{self.W}"
+            )
+
+    @torch.no_grad()
+    def merged_fc3(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """FC3+BN plus every conv+BN branch as one grouped FC: ``(weight (O*h*w, C*h*w/g), bias (O*h*w,))``.
+
+        Uses the BN running statistics, so it equals the training form in eval mode.
+        """
+        if self.deployed:
+            raise ValueError("the block is already merged: its conv branches and BNs are gone")
+        weight, bias = fuse_linear_bn(self.fc3.weight, None, self.fc3_bn)
+        for branch in self.local_perceptron.values():
+            kernel, conv_bias = branch.fused()
+            weight = weight + conv_to_fc(kernel, self.h, self.w, groups=self.groups)
+            bias = bias + conv_bias_to_fc(conv_bias, self.h, self.w)
+        return weight, bias
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Merge in place into the inference form: FC1, FC2 and one FC3 with bias; no BN, no conv.
+
+        Raises ``ValueError`` when called a second time.
+        """
+        if self.deployed:
+            raise ValueError("the block is already merged: switch_to_deploy() was called twice")
+        weight, bias = self.merged_fc3()
+        self.fc3.weight.copy_(weight)
+        self.fc3.bias = nn.Parameter(bias)
+        self.fc3_bn = None
+        self.local_perceptron = None
+        if self.global_perceptron is not None:
+            self.global_perceptron.switch_to_deploy()
+        self.deployed = True
+
+    def extra_repr(self) -> str:
+        return (
+            f"C={self.in_channels}, O={self.out_channels}, H x W={self.H}x{self.W}, "
+            f"h x w={self.h}x{self.w}, groups={self.groups}, deployed={self.deployed}"
+        )

@@ -1,0 +1,72 @@
+"""bench: parameter count, FLOP count (FlopCounterMode) and latency of the existing helpers."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from repmlp_lite.bench import count_flops, count_parameters, latency_ms
+from repmlp_lite.block import RepMLPBlock
+from repmlp_lite.deploy import deploy
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_count_parameters():
+    assert count_parameters(nn.Linear(7, 5)) == 7 * 5 + 5
+    assert count_parameters(nn.Linear(7, 5, bias=False)) == 35
+    # BN: weight and bias are parameters, running statistics are buffers and not counted
+    assert count_parameters(nn.BatchNorm2d(6)) == 12
+    assert count_parameters(nn.Sequential(nn.Conv2d(4, 8, 3, groups=2, bias=False), nn.ReLU())) == 8 * 2 * 9
+
+
+def test_count_parameters_of_a_block_and_its_merge():
+    c, o, h, w, g = 4, 6, 4, 4, 2
+    block = RepMLPBlock(c, o, 8, 8, h, w, groups=g, reparam_conv_k=(1, 3), global_perceptron=False)
+    fc3 = o * h * w * c * h * w // g
+    bn1d = 2 * o * h * w
+    convs = o * (c // g) * (1 + 9) + 2 * 2 * o
+    assert count_parameters(block) == fc3 + bn1d + convs
+    assert count_parameters(deploy(block)) == fc3 + o * h * w  # FC3 weight and its new bias
+
+
+@pytest.mark.parametrize("n,fin,fout", [(1, 3, 2), (4, 7, 5), (16, 32, 10)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_count_flops_of_a_linear(n, fin, fout, bias):
+    assert count_flops(nn.Linear(fin, fout, bias=bias), torch.randn(n, fin)) == 2 * n * fin * fout
+
+
+def test_count_flops_of_a_conv_and_free_elementwise_ops():
+    n, c, o, k, g, size = 2, 4, 6, 3, 2, 5
+    conv = nn.Conv2d(c, o, k, padding=1, groups=g, bias=False)
+    x = torch.randn(n, c, size, size)
+    expected = 2 * n * o * size * size * (c // g) * k * k
+    assert count_flops(conv, x) == expected
+    model = nn.Sequential(conv, nn.BatchNorm2d(o), nn.ReLU()).eval()
+    assert count_flops(model, x) == expected  # BN in eval and ReLU count as 0
+
+
+def test_count_flops_does_not_track_gradients():
+    fc = nn.Linear(3, 2)
+    count_flops(fc, torch.randn(4, 3, requires_grad=True))
+    assert fc.weight.grad is None
+
+
+def test_latency_ms_measures_wall_time():
+    def sleepy(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.004)
+        return x
+
+    ms = latency_ms(sleepy, torch.zeros(1), min_run_time=0.05)
+    assert math.isfinite(ms)
+    assert 4.0 <= ms < 1000.0
+
+
+def test_latency_ms_of_a_module_is_positive():
+    model = nn.Linear(8, 8).eval()
+    ms = latency_ms(model, torch.randn(2, 8), min_run_time=0.02)
+    assert 0.0 < ms < 1000.0

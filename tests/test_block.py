@@ -1,0 +1,298 @@
+"""block: partition layout, GroupedFC, and the RepMLP block's exact merge after real training steps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repmlp_lite.block import GlobalPerceptron, GroupedFC, RepMLPBlock, partition, unpartition
+from repmlp_lite.conv_as_fc import fc_forward
+from repmlp_lite.deploy import check_equivalence, deploy
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# ---- partition / unpartition ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,h,w", [((2, 3, 8, 8), 4, 4), ((2, 3, 6, 10), 3, 5), ((1, 2, 4, 6), 4, 6), ((3, 1, 6, 4), 1, 2)])
+def test_partition_layout_and_round_trip(shape, h, w):
+    n, c, height, width = shape
+    x = torch.randn(shape)
+    parts = partition(x, h, w)
+    rows, cols = height // h, width // w
+    assert parts.shape == (n * rows * cols, c, h, w)
+    # partition k of image img is the slice at block-row i, block-column j, row-major over (i, j)
+    for img in range(n):
+        for i in range(rows):
+            for j in range(cols):
+                k = img * rows * cols + i * cols + j
+                assert torch.equal(parts[k], x[img, :, i * h:(i + 1) * h, j * w:(j + 1) * w])
+    assert torch.equal(unpartition(parts, n, height, width), x)
+
+
+def test_unpartition_changes_channels():
+    """unpartition takes the (possibly different) channel count O from the parts."""
+    parts = torch.randn(2 * 2 * 3, 5, 2, 2)
+    out = unpartition(parts, 2, 4, 6)
+    assert out.shape == (2, 5, 4, 6)
+    assert torch.equal(partition(out, 2, 2), parts)
+
+
+# ---- GroupedFC -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_grouped_fc_is_a_grouped_1x1_conv(groups, bias):
+    torch.manual_seed(groups)
+    fc = GroupedFC(12, 6, groups, bias=bias).double()
+    if bias:
+        nn.init.normal_(fc.bias)
+    assert fc.weight.shape == (6, 12 // groups)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    expected = F.conv2d(x[:, :, None, None], fc.weight[:, :, None, None], fc.bias, groups=groups)[:, :, 0, 0]
+    assert (fc(x) - expected).abs().max().item() < 1e-12
+    # and the same as fc_forward with a 1x1 "image"
+    assert (fc_forward(x[:, :, None, None], fc.weight, fc.bias, groups=groups)[:, :, 0, 0] - expected).abs().max() < 1e-12
+
+
+def test_grouped_fc_groups_do_not_mix():
+    fc = GroupedFC(4, 4, groups=2).double()
+    x = torch.zeros(1, 4, dtype=torch.float64)
+    x[0, 0] = 1.0  # a feature of group 0 only
+    out = fc(x)
+    assert torch.count_nonzero(out[0, 2:]) == 0
+    assert torch.equal(out[0, :2], fc.weight[:2, 0])
+
+
+def test_grouped_fc_rejects_indivisible_features():
+    with pytest.raises(ValueError, match=r"in_features=5 must be divisible by groups=2"):
+        GroupedFC(5, 4, 2)
+    with pytest.raises(ValueError, match=r"out_features=5 must be divisible by groups=2"):
+        GroupedFC(4, 5, 2)
+
+
+# ---- the block's merge, after real training steps -----------------------------------------
+
+CONFIGS = {
+    "base": dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4),
+    "g2_C!=O_nonsquare_r2": dict(in_channels=4, out_channels=6, H=6, W=8, h=3, w=4, groups=2, reduction=2),
+    "g4_C>O_hw_nonsquare": dict(in_channels=8, out_channels=4, H=8, W=8, h=4, w=2, groups=4, reparam_conv_k=(1, 3)),
+    "single_partition": dict(in_channels=3, out_channels=5, H=4, W=6, h=4, w=6),
+    "no_conv_branches": dict(in_channels=4, out_channels=4, H=8, W=4, h=4, w=2, reparam_conv_k=()),
+    "reduction4": dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4, reduction=4, reparam_conv_k=(1, 3, 5)),
+    "no_global_perceptron": dict(in_channels=2, out_channels=4, H=6, W=6, h=3, w=3, global_perceptron=False),
+    "kernel_larger_than_partition": dict(in_channels=2, out_channels=2, H=6, W=4, h=2, w=2, reparam_conv_k=(3, 5)),
+}
+
+
+def _trained_block(train_steps, name: str, seed: int = 0) -> tuple[RepMLPBlock, tuple[int, ...]]:
+    torch.manual_seed(seed)
+    cfg = CONFIGS[name]
+    block = RepMLPBlock(**cfg)
+    shape = (3, cfg["in_channels"], cfg["H"], cfg["W"])
+    train_steps(block, shape, steps=4, seed=seed)
+    return block, shape
+
+
+def _assert_bn_stats_trained(block: RepMLPBlock) -> None:
+    bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns
+    for bn in bns:
+        assert bn.num_batches_tracked.item() == 4
+        assert bn.running_mean.abs().max() > 1e-3
+        assert (bn.running_var - 1).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_block_merge_is_exact_float64(train_steps, name):
+    block, shape = _trained_block(train_steps, name)
+    _assert_bn_stats_trained(block)
+
+    eq = check_equivalence(block, shape, dtype=torch.float64, seed=1)
+    assert eq.max_abs < 1e-10
+
+    # the same, directly
+    original = copy.deepcopy(block).double().eval()
+    merged = deploy(original)
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = original(x), merged(x)
+    assert actual.shape == (shape[0], CONFIGS[name]["out_channels"], shape[2], shape[3])
+    max_abs = (actual - expected).abs().max().item()
+    assert max_abs < 1e-10
+    # check_equivalence reports what we measured (same input for the same seed)
+    assert eq.max_abs == pytest.approx(max_abs, abs=1e-15)
+    assert eq.max_rel == pytest.approx(max_abs / expected.abs().max().item(), abs=1e-15)
+
+
+@pytest.mark.parametrize("name", ["base", "g2_C!=O_nonsquare_r2", "single_partition", "no_conv_branches"])
+def test_block_merge_is_exact_float32(train_steps, max_rel, name):
+    block, shape = _trained_block(train_steps, name, seed=2)
+    assert check_equivalence(block, shape, dtype=torch.float32, seed=3).max_rel < 1e-5
+
+    original = copy.deepcopy(block).eval()
+    merged = deploy(original)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert max_rel(merged(x), original(x)) < 1e-5
+
+
+def test_switch_to_deploy_in_place_keeps_outputs(train_steps):
+    block, shape = _trained_block(train_steps, "g2_C!=O_nonsquare_r2", seed=4)
+    block.double().eval()
+    x = torch.randn(shape, dtype=torch.float64)
+    with torch.no_grad():
+        before = block(x)
+        block.switch_to_deploy()
+        after = block(x)
+    assert block.deployed
+    assert (after - before).abs().max().item() < 1e-10
+
+
+def test_merged_fc3_is_the_partition_and_local_perceptron(train_steps):
+    """merged_fc3 as a grouped FC on the partitions equals FC3 + BN + conv branches."""
+    block, _ = _trained_block(train_steps, "g4_C>O_hw_nonsquare", seed=5)
+    block.double().eval()
+    parts = torch.randn(7, 8, 4, 2, dtype=torch.float64)
+    with torch.no_grad():
+        expected = block.fc3_bn(block.fc3(parts.flatten(1)))
+        for branch in block.local_perceptron.values():
+            expected = expected + branch(parts).flatten(1)
+        weight, bias = block.merged_fc3()
+    assert weight.shape == (4 * 4 * 2, 8 * 4 * 2 // 4) and bias.shape == (4 * 4 * 2,)
+    actual = fc_forward(parts, weight, bias, groups=4).flatten(1)
+    assert (actual - expected).abs().max().item() < 1e-10
+
+
+def test_deployed_block_structure(train_steps):
+    block, shape = _trained_block(train_steps, "base", seed=6)
+    merged = deploy(block)
+    assert merged.deployed and not block.deployed
+    assert not any(isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) for m in merged.modules())
+    assert merged.fc3.bias is not None and merged.fc3.bias.shape == (4 * 4 * 4,)
+    assert merged.fc3_bn is None and merged.local_perceptron is None
+    assert merged.global_perceptron is not None and merged.global_perceptron.bn is None
+    assert not merged.training
+    # no BN left: train and eval mode agree
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(merged.train()(x), merged.eval()(x))
+
+
+def test_deploy_leaves_the_original_untouched(train_steps):
+    block, shape = _trained_block(train_steps, "base", seed=7)
+    block.eval()
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    x = torch.randn(shape)
+    with torch.no_grad():
+        before = block(x)
+        deploy(block)
+        check_equivalence(block, shape)
+        after = block(x)
+    assert torch.equal(before, after)
+    assert not block.deployed
+    assert block.fc3.bias is None and block.fc3_bn is not None
+    assert block.global_perceptron.bn is not None
+    assert set(block.local_perceptron) == {"conv1", "conv3", "conv5"}
+    assert any(isinstance(m, nn.Conv2d) for m in block.modules())
+    assert block.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in block.state_dict().items())
+
+
+def test_single_partition_has_no_global_perceptron():
+    assert RepMLPBlock(3, 3, 4, 6, 4, 6).global_perceptron is None
+    assert RepMLPBlock(3, 3, 8, 6, 4, 6).global_perceptron is not None
+    assert RepMLPBlock(3, 3, 8, 6, 4, 6, global_perceptron=False).global_perceptron is None
+
+
+def test_global_perceptron_is_pool_bn_fc1_relu_fc2():
+    """One value per channel and partition, from the pooled pixels of all partitions at once."""
+    torch.manual_seed(0)
+    gp = GlobalPerceptron(channels=2, h_parts=2, w_parts=3, h=2, w=2, reduction=2).double().eval()
+    x = torch.randn(4, 2, 4, 6, dtype=torch.float64)
+    v = gp(x)
+    assert v.shape == (4, 2, 2, 3)
+    pooled = F.avg_pool2d(x, 2)
+    expected = gp.fc2(F.relu(gp.fc1(gp.bn(pooled).flatten(1)))).reshape(4, 2, 2, 3)
+    assert (v - expected).abs().max().item() < 1e-12
+
+
+def test_global_perceptron_switch_to_deploy(randomize_bn):
+    torch.manual_seed(0)
+    gp = GlobalPerceptron(channels=3, h_parts=2, w_parts=2, h=2, w=3, reduction=3).double()
+    randomize_bn(gp.bn, seed=1)
+    gp.eval()
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    with torch.no_grad():
+        before = gp(x)
+        gp.switch_to_deploy()
+        after = gp(x)
+    assert gp.bn is None
+    assert (after - before).abs().max().item() < 1e-10
+    with pytest.raises(ValueError, match=r"switch_to_deploy\(\) was called twice"):
+        gp.switch_to_deploy()
+
+
+# ---- bad inputs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(reparam_conv_k=(1, 2)), r"reparam_conv_k=2 is even"),
+        (dict(reparam_conv_k=(4,)), r"reparam_conv_k=4 is even"),
+        (dict(reparam_conv_k=(0,)), r"reparam_conv_k must be a positive integer"),
+        (dict(in_channels=5, groups=2), r"in_channels=5 must be divisible by groups=2"),
+        (dict(out_channels=6, groups=4), r"out_channels=6 must be divisible by groups=4"),
+        (dict(H=9), r"H=9 must be divisible by h=4"),
+        (dict(W=10), r"W=10 must be divisible by w=4"),
+        (dict(h=0), r"h must be a positive integer"),
+        (dict(groups=0), r"groups must be a positive integer"),
+        (dict(reduction=0), r"reduction must be a positive integer"),
+        (dict(reduction=17), r"reduction=17 leaves no hidden unit.*16"),
+    ],
+)
+def test_bad_block_arguments_raise(kwargs, match):
+    cfg = dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4) | kwargs
+    with pytest.raises(ValueError, match=match):
+        RepMLPBlock(**cfg)
+
+
+def test_reduction_at_the_limit_is_accepted():
+    block = RepMLPBlock(4, 4, 8, 8, 4, 4, reduction=16)  # C*(H/h)*(W/w) = 16: one hidden unit
+    assert block.global_perceptron.fc1.out_features == 1
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ((2, 3, 8, 8), r"input has 3 channels but the block was built for in_channels=4"),
+        ((2, 4, 8, 12), r"input is 8x12 but the block was built for H x W = 8x8"),
+        ((2, 4, 4, 4), r"input is 4x4 but the block was built for H x W = 8x8"),
+        ((4, 8, 8), r"input must be a 4-D tensor"),
+    ],
+)
+def test_bad_input_raises(shape, match):
+    block = RepMLPBlock(4, 4, 8, 8, 4, 4)
+    with pytest.raises(ValueError, match=match):
+        block(torch.randn(shape))
+
+
+def test_merging_twice_raises():
+    block = RepMLPBlock(4, 4, 8, 8, 4, 4).eval()
+    block.switch_to_deploy()
+    with pytest.raises(ValueError, match=r"switch_to_deploy\(\) was called twice"):
+        block.switch_to_deploy()
+    with pytest.raises(ValueError, match=r"already merged"):
+        block.merged_fc3()
+    with pytest.raises(ValueError, match=r"switch_to_deploy\(\) was called twice"):
+        deploy(block)
+    # a deployed block still runs on valid input and rejects bad input
+    assert block(torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"in_channels=4"):
+        block(torch.randn(1, 2, 8, 8))

@@ -21,10 +21,7 @@ def check_odd_kernel(name: str, k: int) -> None:
     """Raise unless ``k`` is a positive odd kernel size (needed for "same" padding ``k // 2``)."""
     check_positive(name, k)
     if k % 2 == 0:
-        raise ValueError(
-            f"{name}={k} is even: 'same' padding k//2 needs an odd kernel size "
-            "(pass an explicit padding to use an even kernel)"
-        )
+        raise ValueError(f"{name}={k} is even: 'same' padding k//2 needs an odd kernel size")
 
 
 def check_4d(name: str, x: torch.Tensor) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_divisible, check_odd_kernel, check_positive
+from ._checks import check_divisible, check_positive
 
 
 def conv_output_size(size: int, kernel_size: int, padding: int) -> int:
@@ -32,7 +32,11 @@ def conv_output_size(size: int, kernel_size: int, padding: int) -> int:
 def _resolve_padding(kernel_size: int, padding: int | None, h: int, w: int) -> int:
     """Return the padding to use, checking it leaves a non-empty output."""
     if padding is None:
-        check_odd_kernel("kernel size K", kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(
+                f"kernel size K={kernel_size} is even: padding=None means 'same' padding K//2, which needs "
+                "an odd K; pass an explicit padding to use an even kernel"
+            )
         return kernel_size // 2
     if not isinstance(padding, int) or padding < 0:
         raise ValueError(f"padding must be None or an integer >= 0, got {padding!r}")
@@ -120,6 +124,7 @@ def fc_forward(
     n, c, h, w = x.shape
     check_divisible("in channels C", c, "groups", groups)
     rows, cols = fc_kernel.shape
+    check_divisible("fc_kernel rows", rows, "groups", groups)
     if cols * groups != c * h * w:
         raise ValueError(
             f"fc_kernel has {cols} columns per group but the input has (C/g)*h*w = {c // groups * h * w}"

@@ -66,6 +66,8 @@ def train(
     loader = DataLoader(
         train_set, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
     )
+    if len(loader) == 0:
+        raise ValueError(f"batch_size={batch_size} is larger than the training set ({len(train_set)} examples)")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()

@@ -247,6 +247,7 @@ def test_global_perceptron_switch_to_deploy(randomize_bn):
         (dict(reparam_conv_k=(1, 2)), r"reparam_conv_k=2 is even"),
         (dict(reparam_conv_k=(4,)), r"reparam_conv_k=4 is even"),
         (dict(reparam_conv_k=(0,)), r"reparam_conv_k must be a positive integer"),
+        (dict(reparam_conv_k=(3, 1, 3)), r"reparam_conv_k=\(3, 1, 3\) repeats a kernel size"),
         (dict(in_channels=5, groups=2), r"in_channels=5 must be divisible by groups=2"),
         (dict(out_channels=6, groups=4), r"out_channels=6 must be divisible by groups=4"),
         (dict(H=9), r"H=9 must be divisible by h=4"),

@@ -256,3 +256,5 @@ def test_fc_forward_bad_inputs_raise():
         fc_forward(torch.randn(1, 3, 4, 4), fc, groups=2)
     with pytest.raises(ValueError, match=r"fc_kernel has 16 columns per group"):
         fc_forward(torch.randn(1, 2, 4, 5), fc, groups=2)
+    with pytest.raises(ValueError, match=r"fc_kernel rows=\d+ must be divisible by groups=3"):
+        fc_forward(torch.randn(1, 3, 4, 4), torch.randn(16, 16), groups=3)

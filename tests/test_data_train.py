@@ -137,3 +137,10 @@ def test_train_is_reproducible(digits16):
     _, second = _tiny_run(digits16, seed=5)
     assert first.train_loss == second.train_loss
     assert first.test_accuracy == second.test_accuracy
+
+
+def test_train_rejects_a_batch_larger_than_the_training_set(digits16):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 10))
+    few = Subset(digits16.train, range(8))
+    with pytest.raises(ValueError, match=r"batch_size=64 is larger than the training set \(8 examples\)"):
+        train(model, few, digits16.test, epochs=1, device=torch.device("cpu"), batch_size=64)

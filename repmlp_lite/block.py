@@ -177,8 +177,8 @@ class RepMLPBlock(nn.Module):
         check_divisible("W", W, "w", w)
         check_divisible("in_channels", in_channels, "groups", groups)
         check_divisible("out_channels", out_channels, "groups", groups)
-        for k in reparam_conv_k:
-            check_odd_kernel("reparam_conv_k", k)
+        if len(set(reparam_conv_k)) != len(reparam_conv_k):
+            raise ValueError(f"reparam_conv_k={tuple(reparam_conv_k)} repeats a kernel size: each branch needs its own")
 
         self.in_channels, self.out_channels = in_channels, out_channels
         self.H, self.W, self.h, self.w = H, W, h, w

@@ -1,0 +1,168 @@
+"""The book build shared by ``test_book.py`` (HTML checks) and ``test_browser.py`` (browser checks).
+
+The book is built once per test session, with the README's command::
+
+    jupyter-book build <repo> -W -n --keep-going
+
+into ``<repo>/_build/html``, from scratch (the previous ``html``, ``.doctrees`` and
+``jupyter_execute`` are removed first, so that warnings of unchanged pages are not hidden by an
+incremental build). The full log is kept in ``_build/book-build.log``.
+
+Both test modules import the :func:`built_book` fixture from here. A pytest fixture imported into
+two modules is registered twice, so the build itself is memoised at module level
+(:func:`build_book`), and, under pytest-xdist, shared between workers through a lock file and a
+stamp with the run's id.
+
+Environment:
+
+* ``REUSE_BOOK_BUILD=1``: skip the build and check the existing ``_build/html`` (for iterating on
+  the checks; never set in CI).
+* ``BOOK_BUILD_TIMEOUT``: seconds allowed for the build (default 3600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD_DIR = REPO / "_build"
+HTML_DIR = BUILD_DIR / "html"
+LOG_PATH = BUILD_DIR / "book-build.log"
+SCREENSHOT_DIR = BUILD_DIR / "screenshots"
+
+# The chapters, in reading order; _toc.yml must list them in this order (test_book checks it).
+CHAPTERS = [
+    "notebooks/01_conv_as_fc",
+    "notebooks/02_seeing_the_kernel",
+    "notebooks/03_bn_fusion",
+    "notebooks/04_repmlp_block",
+    "notebooks/05_train_and_merge",
+    "notebooks/06_costs",
+]
+# Every page of the book, in the order of its "next" links.
+PAGES = ["book/intro", "book/reading_guide", *CHAPTERS, "book/references"]
+
+COLAB_PREFIX = "https://colab.research.google.com/github/repmlp-by-hand/repmlp-by-hand/blob/main/"
+
+_STAMP = BUILD_DIR / ".book-build.stamp"
+_LOCK = BUILD_DIR / ".book-build.lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class BookBuild:
+    ok: bool
+    returncode: int
+    seconds: float
+    command: str
+    log: str
+    html_dir: Path
+
+    def failure_message(self, max_chars: int = 20000) -> str:
+        log = self.log if len(self.log) <= max_chars else "[...]\n" + self.log[-max_chars:]
+        return (
+            f"book build failed (exit {self.returncode} after {self.seconds:.0f} s): {self.command}\n"
+            f"full log: {LOG_PATH}\n{log}"
+        )
+
+
+def page_path(page: str) -> Path:
+    return HTML_DIR / f"{page}.html"
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).with_name("jupyter-book")
+    if script.exists():
+        base = [str(script)]
+    elif shutil.which("jupyter-book"):
+        base = [shutil.which("jupyter-book")]
+    else:
+        base = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()"]
+    return [*base, "build", str(REPO), "-W", "-n", "--keep-going"]
+
+
+def _run_build() -> BookBuild:
+    for stale in (HTML_DIR, BUILD_DIR / ".doctrees", BUILD_DIR / "jupyter_execute"):
+        shutil.rmtree(stale, ignore_errors=True)
+    env = dict(os.environ)
+    # ipykernel makes inline figures the default only where MPLBACKEND is unset: with
+    # MPLBACKEND=Agg (as CI exports) the chapters' plt.show() would draw nothing into the book.
+    env.pop("MPLBACKEND", None)
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    cmd = _command()
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=float(os.environ.get("BOOK_BUILD_TIMEOUT", "3600")),
+        )
+        code, log = proc.returncode, proc.stdout
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or ""
+        code, log = -1, (out.decode(errors="replace") if isinstance(out, bytes) else out) + "\n[timed out]"
+    seconds = time.monotonic() - start
+    ok = code == 0 and (HTML_DIR / "index.html").exists()
+    BUILD_DIR.mkdir(exist_ok=True)
+    LOG_PATH.write_text(f"$ {' '.join(cmd)}\n# exit {code} after {seconds:.1f} s\n{log}")
+    return BookBuild(ok, code, seconds, " ".join(cmd), log, HTML_DIR)
+
+
+def _from_disk(command: str) -> BookBuild:
+    log = LOG_PATH.read_text() if LOG_PATH.exists() else ""
+    code = 0
+    for line in log.splitlines()[:2]:
+        if line.startswith("# exit "):
+            with contextlib.suppress(ValueError):
+                code = int(line.split()[2])
+    ok = code == 0 and (HTML_DIR / "index.html").exists()
+    return BookBuild(ok, code, 0.0, command, log, HTML_DIR)
+
+
+_RESULT: BookBuild | None = None
+
+
+def build_book() -> BookBuild:
+    """Build the book once per session (and once per xdist run); later calls return the result."""
+    global _RESULT
+    if _RESULT is not None:
+        return _RESULT
+    command = " ".join(_command())
+    if os.environ.get("REUSE_BOOK_BUILD") == "1" and (HTML_DIR / "index.html").exists():
+        _RESULT = _from_disk(command + "  [reused: REUSE_BOOK_BUILD=1]")
+        return _RESULT
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run_id:
+        _RESULT = _run_build()
+        return _RESULT
+    BUILD_DIR.mkdir(exist_ok=True)
+    with open(_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other workers wait here while one builds
+        if _STAMP.exists() and _STAMP.read_text() == run_id:
+            _RESULT = _from_disk(command + "  [built by another xdist worker]")
+        else:
+            _RESULT = _run_build()
+            _STAMP.write_text(run_id)
+    return _RESULT
+
+
+@pytest.fixture(scope="session")
+def built_book() -> Path:
+    """``_build/html`` of a successful build; fails (with the build log) when the build failed."""
+    result = build_book()
+    if not result.ok:
+        pytest.fail(result.failure_message(), pytrace=False)
+    return result.html_dir

@@ -1,0 +1,239 @@
+"""The built book, checked as HTML: every chapter executed, drawn, error-free and launchable.
+
+The book is built once per session by :mod:`book_fixtures` (``jupyter-book build . -W -n
+--keep-going``, warnings as errors); a failed build fails every test here with its log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+from bs4 import BeautifulSoup
+
+try:  # tests/ is not a package: pytest puts it on sys.path
+    from book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, REPO, build_book, built_book, page_path
+except ImportError:  # pragma: no cover - if tests/ becomes a package
+    from .book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, REPO, build_book, built_book, page_path
+
+__all__ = ["built_book"]  # the fixture, imported so that pytest registers it here
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+VENDORED = [
+    "_static/requirejs/require.js",
+    "_static/jupyter-widgets/embed-amd.js",
+    "_static/mathjax/tex-chtml-full.js",
+    "_static/mathjax/output/chtml/fonts/woff-v2/MathJax_Main-Regular.woff",
+]
+
+
+def _soup(page: str) -> BeautifulSoup:
+    return BeautifulSoup(page_path(page).read_text(encoding="utf-8"), "html.parser")
+
+
+def _main(soup: BeautifulSoup):
+    return soup.find("main") or soup.find(attrs={"role": "main"}) or soup.body
+
+
+def _chapter_id(page: str) -> str:
+    return page.rsplit("/", 1)[-1]
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def test_toc_lists_the_chapters_in_order():
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(str(node["file"]).removesuffix(".ipynb").removesuffix(".md"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    assert [f for f in files if f.startswith("notebooks/")] == CHAPTERS
+    assert [toc["root"], *files] == PAGES
+
+
+def test_config_executes_offline_with_local_assets():
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "force"
+    assert config["execute"]["allow_errors"] is False
+    sphinx = config["sphinx"]["config"]
+    assert not sphinx.get("intersphinx_mapping"), "intersphinx fetches inventories over the network"
+    assert "://" not in sphinx["mathjax_path"], "MathJax must come from the local copy"
+    assert all("://" not in path for path in sphinx["nb_ipywidgets_js"]), "widget scripts must be local"
+    for pattern in ["_build", ".pytest_cache", "**/.pytest_cache", "README.md", "tests", ".ci", "repmlp_lite"]:
+        assert pattern in config["exclude_patterns"], pattern
+
+
+# --- the build ------------------------------------------------------------------------------
+
+
+def test_build_succeeds_with_warnings_as_errors(built_book):
+    result = build_book()
+    assert result.ok, result.failure_message()
+    assert "build succeeded" in result.log or "[reused" in result.command
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_exists(built_book, page):
+    assert page_path(page).is_file(), f"{page}.html missing from {built_book}"
+
+
+def test_index_redirects_to_intro(built_book):
+    assert "book/intro.html" in (built_book / "index.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("asset", VENDORED)
+def test_vendored_assets_are_served(built_book, asset):
+    path = built_book / asset
+    assert path.is_file() and path.stat().st_size > 0, f"{asset} missing from the built book"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_loads_no_external_script_or_stylesheet(built_book, page):
+    soup = _soup(page)
+    external = [tag.get("src") for tag in soup.find_all("script", src=True) if "//" in tag["src"]]
+    external += [
+        tag.get("href")
+        for tag in soup.find_all("link", href=True)
+        if "//" in tag["href"] and set(tag.get("rel") or []) & {"stylesheet", "preload", "modulepreload"}
+    ]
+    assert not external, f"{page} loads from outside the book: {external}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_scripts_included_once(built_book, page):
+    soup = _soup(page)
+    inline = [s.string for s in soup.find_all("script", src=False) if s.string and s.string.strip()]
+    srcs = [s["src"].split("?")[0] for s in soup.find_all("script", src=True)]
+    dup_inline = {s.strip()[:80] for s in inline if inline.count(s) > 1}
+    dup_src = {s for s in srcs if srcs.count(s) > 1}
+    assert not dup_inline and not dup_src, f"{page}: duplicated scripts {dup_inline | dup_src}"
+    assert "THEBE_JS_URL" not in page_path(page).read_text(encoding="utf-8")
+
+
+# --- the chapters ---------------------------------------------------------------------------
+
+
+def _png_bytes(src: str, page_file: Path, html_dir: Path) -> bytes | None:
+    """The image's bytes if ``src`` is a PNG (inline data or a file of the built book), else None."""
+    if src.startswith("data:"):
+        header, _, data = src.partition(",")
+        if not header.startswith("data:image/png"):
+            return None
+        return base64.b64decode(data) if ";base64" in header else unquote(data).encode()
+    path = urlsplit(src).path
+    if not path.lower().endswith(".png"):
+        return None
+    target = (page_file.parent / unquote(path)).resolve()
+    assert target.is_relative_to(html_dir.resolve()), f"image outside the book: {src}"
+    assert target.is_file(), f"image file missing: {src} -> {target}"
+    return target.read_bytes()
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chapter_has_png_figures(built_book, page):
+    soup = _soup(page)
+    images = _main(soup).find_all("img")
+    pngs = []
+    for img in images:
+        src = img.get("src") or ""
+        assert src, f"{page}: <img> without src"
+        if not src.startswith("data:"):
+            target = (page_path(page).parent / unquote(urlsplit(src).path)).resolve()
+            assert target.is_file() and target.stat().st_size > 0, f"{page}: image {src} missing or empty"
+        data = _png_bytes(src, page_path(page), built_book)
+        if data is not None:
+            assert data.startswith(PNG_SIGNATURE), f"{page}: {src[:80]} is not a PNG"
+            assert len(data) > len(PNG_SIGNATURE), f"{page}: {src[:80]} is empty"
+            pngs.append(src)
+    assert pngs, f"{page}: no PNG figure in the executed chapter ({len(images)} <img> elements)"
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chapter_was_executed(built_book, page):
+    outputs = _main(_soup(page)).select("div.cell_output")
+    assert outputs, f"{page}: no cell output at all (was the notebook executed?)"
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chapter_has_no_error_output(built_book, page):
+    soup = _soup(page)
+    main = _main(soup)
+    errors = main.select(".output.traceback, .output.error, div.traceback, .nb-error")
+    assert not errors, f"{page}: cell error output:\n" + "\n---\n".join(e.get_text()[:2000] for e in errors)
+    stderr = [e.get_text() for e in main.select(".output.stderr")]
+    bad = [s for s in stderr if "Traceback" in s or re.search(r"^\w*Error\b", s, re.M)]
+    assert not bad, f"{page}: stderr with a traceback or error:\n" + "\n---\n".join(b[:2000] for b in bad)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_traceback_anywhere(built_book, page):
+    html = page_path(page).read_text(encoding="utf-8")
+    assert "Traceback" not in BeautifulSoup(html, "html.parser").get_text(), f"{page}: 'Traceback' in the page text"
+    assert "Traceback (most recent call last)" not in html, f"{page}: a traceback in the page source"
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_saved_widget_outputs_have_no_errors(built_book, page):
+    soup = _soup(page)
+    for script in soup.find_all("script", type=WIDGET_STATE):
+        state = json.loads(script.string or "{}")
+        for model_id, model in state.get("state", {}).items():
+            for output in model.get("state", {}).get("outputs", []) or []:
+                assert output.get("output_type") != "error", (
+                    f"{page}: widget {model_id} saved an error: {output.get('ename')}: {output.get('evalue')}"
+                )
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chapter_has_colab_launch_link(built_book, page):
+    expected = f"{COLAB_PREFIX}{page}.ipynb"
+    links = [a["href"] for a in _soup(page).find_all("a", href=True) if "colab.research.google.com" in a["href"]]
+    assert expected in links, f"{page}: no Colab launch link {expected} (found {links})"
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_chapter_has_a_title(built_book, page):
+    h1 = _main(_soup(page)).find("h1")
+    assert h1 is not None and h1.get_text(strip=True), f"{page}: no <h1> title"
+
+
+# --- the prose pages ------------------------------------------------------------------------
+
+
+def test_references_page_lists_every_bib_entry(built_book):
+    bib = (REPO / "book" / "references.bib").read_text(encoding="utf-8")
+    keys = re.findall(r"@\w+\{([^,\s]+),", bib)
+    assert len(keys) >= 6, keys
+    entries = _main(_soup("book/references")).select("div.citation")
+    assert len(entries) == len(keys), f"{len(entries)} bibliography entries for {len(keys)} bib keys"
+    text = " ".join(e.get_text(" ") for e in entries).lower()
+    for words in ["repmlp", "repmlpnet", "repvgg", "acnet", "deep residual learning", "batch normalization"]:
+        assert words in text, f"references page lacks {words!r}"
+
+
+def test_intro_has_the_readme_commands(built_book):
+    code = "\n".join(pre.get_text() for pre in _soup("book/intro").find_all("pre"))
+    assert "python3 -m pip install -r requirements.txt && jupyter-book build . -W -n --keep-going" in code
+    assert "python3 -m pip install -r requirements.txt && python3 -m pytest" in code
+
+
+@pytest.mark.parametrize("page", ["book/reading_guide"])
+def test_prose_math_is_marked_for_mathjax(built_book, page):
+    main = _main(_soup(page))
+    assert main.select(".math"), f"{page}: no math for MathJax"

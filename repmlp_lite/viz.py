@@ -395,23 +395,26 @@ def kernel_explorer() -> widgets.VBox:
     ``ValueError`` message when the combination is invalid), then the picture of :func:`explorer_figure`.
     The picture is a PNG, so it shows with any matplotlib backend and is kept in a saved notebook.
     """
-    style = {"description_width": "70px"}
+    def slider(value: int, low: int, high: int) -> widgets.IntSlider:
+        return widgets.IntSlider(value=value, min=low, max=high, continuous_update=False)
 
-    def slider(value: int, low: int, high: int, name: str) -> widgets.IntSlider:
-        return widgets.IntSlider(value=value, min=low, max=high, description=name, style=style, continuous_update=False)
-
-    controls = {
-        "kernel_size": slider(3, 1, 7, "K"),
+    controls = {  # keyed by explorer_figure's parameters
+        "kernel_size": slider(3, 1, 7),
         # string values: a saved (static) notebook shows a None-valued option as blank
-        "padding": widgets.Dropdown(
-            options=["same", "0", "1", "2", "3"], value="same", description="padding", style=style
-        ),
-        "groups": slider(1, 1, 4, "groups"),
-        "h": slider(4, 1, 8, "h"),
-        "w": slider(4, 1, 8, "w"),
-        "in_channels": slider(2, 1, 6, "C (in)"),
-        "out_channels": slider(2, 1, 6, "O (out)"),
+        "padding": widgets.Dropdown(options=["same", "0", "1", "2", "3"], value="same"),
+        "groups": slider(1, 1, 4),
+        "h": slider(4, 1, 8),
+        "w": slider(4, 1, 8),
+        "in_channels": slider(2, 1, 6),
+        "out_channels": slider(2, 1, 6),
     }
+    names = ["K", "padding", "groups", "h", "w", "C (in)", "O (out)"]
+    # Names in HTML widgets rather than in `description`: the static page's widget embedder
+    # typesets descriptions with the MathJax 2 API, which throws on a page that uses MathJax 3.
+    rows = [
+        widgets.HBox([widgets.HTML(name, layout=widgets.Layout(width="70px")), control])
+        for name, control in zip(names, controls.values())
+    ]
     status = widgets.HTML()
 
     def draw(padding: str, **settings: int) -> None:
@@ -425,5 +428,4 @@ def kernel_explorer() -> widgets.VBox:
         display(Image(data=_png(fig), format="png"))
 
     picture = widgets.interactive_output(draw, controls)
-    sliders = list(controls.values())
-    return widgets.VBox([widgets.HBox([widgets.VBox(sliders[:4]), widgets.VBox(sliders[4:])]), status, picture])
+    return widgets.VBox([widgets.HBox([widgets.VBox(rows[:4]), widgets.VBox(rows[4:])]), status, picture])

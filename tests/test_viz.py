@@ -178,14 +178,15 @@ def test_kernel_gallery_grid():
 
 
 def controls_of(box):
-    """The explorer's value widgets by description, and its status line."""
+    """The explorer's controls by their label (an HTML widget beside each), and its status line."""
     found, stack = {}, [box]
     while stack:
         widget = stack.pop()
-        if isinstance(widget, widgets.Box):
-            stack.extend(widget.children)
-        elif isinstance(widget, (widgets.IntSlider, widgets.Dropdown)):
-            found[widget.description] = widget
+        children = getattr(widget, "children", ())
+        if len(children) == 2 and isinstance(children[1], (widgets.IntSlider, widgets.Dropdown)):
+            found[children[0].value] = children[1]
+        elif children:
+            stack.extend(children)
         elif isinstance(widget, widgets.HTML):
             found["status"] = widget
     return found

@@ -33,20 +33,33 @@ from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 def partition(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Cut ``(N, C, H, W)`` into ``h x w`` partitions: ``(N * H/h * W/w, C, h, w)``.
 
-    The reshapes are free (views); the permute that brings the partition index in front
-    of the channels is the one step that moves data.
+    It is ``x.reshape(N, C, H/h, h, W/w, w).permute(0, 2, 4, 1, 3, 5)`` made contiguous, done
+    in two copies (the reshapes in between are free views). One copy of that 6-d permute reads
+    runs of only ``w`` numbers scattered over the whole image; in two steps the short runs are
+    cut from one row of partitions at a time, which stays in cache. About 1.5-2x faster on a
+    CPU (``python -m repmlp_lite.bench``), the same numbers.
     """
     n, c, height, width = x.shape
-    x = x.reshape(n, c, height // h, h, width // w, w)  # view
-    x = x.permute(0, 2, 4, 1, 3, 5)  # (N, H/h, W/w, C, h, w): strides only
-    return x.reshape(-1, c, h, w)  # copies, since the permuted tensor is not contiguous
+    # 1. each row of partitions in front of the channels: runs of h*W numbers move at once
+    rows = x.reshape(n, c, height // h, h, width).transpose(1, 2).contiguous()  # (N, H/h, C, h, W)
+    # 2. cut every row into its W/w partitions and stack them: (N, H/h, W/w, C, h, w)
+    parts = torch.stack(rows.split(w, dim=-1), dim=2)
+    return parts.reshape(-1, c, h, w)
 
 
 def unpartition(parts: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`partition`: ``(N * H/h * W/w, O, h, w)`` back to ``(N, O, H, W)``."""
+    """Inverse of :func:`partition`: ``(N * H/h * W/w, O, h, w)`` back to ``(N, O, H, W)``.
+
+    Also two copies, mirroring :func:`partition`. One copy of the inverse permute would write
+    each output row in pieces of ``w`` numbers taken from ``W/w`` different partitions, about
+    3x slower on a CPU.
+    """
     _, o, h, w = parts.shape
     parts = parts.reshape(n, height // h, width // w, o, h, w)
-    return parts.permute(0, 3, 1, 4, 2, 5).reshape(n, o, height, width)
+    # 1. glue the partitions of each row side by side: (N, H/h, O, h, W)
+    rows = torch.cat(parts.unbind(2), dim=-1)
+    # 2. the channels back in front of the rows: runs of h*W numbers move at once
+    return rows.transpose(1, 2).reshape(n, o, height, width)
 
 
 class GroupedFC(nn.Module):
@@ -72,8 +85,11 @@ class GroupedFC(nn.Module):
         g = self.groups
         xg = x.reshape(m, g, -1).transpose(0, 1)  # (g, M, in/g)
         wg = self.weight.reshape(g, -1, self.weight.shape[1]).transpose(1, 2)  # (g, in/g, out/g)
-        out = torch.bmm(xg, wg).transpose(0, 1).reshape(m, -1)  # (M, out)
-        return out if self.bias is None else out + self.bias
+        if self.bias is None:
+            out = torch.bmm(xg, wg)  # (g, M, out/g)
+        else:  # the bias added by the matmul itself (as F.linear does), not in a second pass
+            out = torch.baddbmm(self.bias.reshape(g, 1, -1), xg, wg)
+        return out.transpose(0, 1).reshape(m, -1)  # (M, out)
 
     def extra_repr(self) -> str:
         out_f, in_g = self.weight.shape
@@ -119,11 +135,13 @@ class GlobalPerceptron(nn.Module):
         self.fc2 = nn.Linear(hidden, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = self.pool(x)
-        if self.bn is not None:
-            v = self.bn(v)
+        return self.from_pooled(self.pool(x))
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """BN, FC1, ReLU, FC2 on partitions already pooled: ``(N, C, H/h, W/w)``, the same shape out."""
+        v = pooled if self.bn is None else self.bn(pooled)
         v = self.fc2(F.relu(self.fc1(v.flatten(1))))
-        return v.reshape(x.shape[0], x.shape[1], *self.parts)
+        return v.reshape(pooled.shape)
 
     def switch_to_deploy(self) -> None:
         """Absorb the BN into FC1 (:func:`repmlp_lite.fusion.fuse_bn_linear`)."""
@@ -147,8 +165,8 @@ class RepMLPBlock(nn.Module):
         reduction: ``r``, FC1's hidden size is ``C * (H/h) * (W/w) / r``.
         reparam_conv_k: odd kernel sizes of the local perceptron's conv branches (may be empty).
         global_perceptron: build the global perceptron. As in the authors' code (the paper's
-            text draws it always), it is built only when there is more than one partition,
-            since with a single partition it would add a per-channel constant that FC3 can learn.
+            text draws it always), it is built only when there is more than one partition:
+            its job is to let partitions see each other, and a single partition has no other.
 
     Parameters of the deployed form: FC3 has ``O*h*w * C*h*w / g`` weights, against
     ``O*H*W * C*H*W`` for one FC over the whole map.
@@ -197,12 +215,14 @@ class RepMLPBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        n = x.shape[0]
+        n, c = x.shape[:2]
+        parts = partition(x, self.h, self.w)  # (M, C, h, w), M = N * H/h * W/w
         if self.global_perceptron is not None:
-            v = self.global_perceptron(x)  # (N, C, H/h, W/w)
-            x = x.reshape(n, self.in_channels, self.H // self.h, self.h, self.W // self.w, self.w)
-            x = (x + v[:, :, :, None, :, None]).reshape(n, self.in_channels, self.H, self.W)
-        parts = partition(x, self.h, self.w)  # (M, C, h, w)
+            # Pool and add on the partitions, where each one's h*w pixels are contiguous: cheaper
+            # than pooling x, and no full-size x + v is written before partitioning.
+            pooled = parts.mean((2, 3)).reshape(n, self.H // self.h, self.W // self.w, c)
+            v = self.global_perceptron.from_pooled(pooled.permute(0, 3, 1, 2))  # (N, C, H/h, W/w)
+            parts = parts + v.permute(0, 2, 3, 1).reshape(-1, c, 1, 1)  # one value per partition and channel
         out = self.fc3(parts.reshape(parts.shape[0], -1))  # (M, O*h*w)
         if self.fc3_bn is not None:
             out = self.fc3_bn(out)

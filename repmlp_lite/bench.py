@@ -1,13 +1,44 @@
-"""Counting and timing: parameters, FLOPs (torch's FlopCounterMode) and latency (torch.utils.benchmark)."""
+"""Counting and timing: parameters, FLOPs (torch's FlopCounterMode) and latency (torch.utils.benchmark).
+
+The helpers at the top (:func:`count_parameters`, :func:`count_flops`, :func:`latency_ms`) are used
+by the chapters. The rest is the benchmark behind chapter 6, ``python -m repmlp_lite.bench``:
+
+* :func:`block_table`: RepMLP blocks at the paper's settings. Latency of the training form (eval
+  mode), the merged form, the merged form's three matrix products alone (:class:`BareMatmuls`, the
+  limit the merged block can approach) and a 3x3 conv + BN + ReLU with the same input and output.
+* :func:`bottleneck_table`: the RepMLP bottleneck and Light block against the plain ResNet bottleneck.
+* :func:`deploy_table`: how long :func:`~repmlp_lite.conv_as_fc.conv_to_fc` and a whole-model
+  :func:`~repmlp_lite.deploy.deploy` take, against the size of the FC kernels they build.
+* :func:`engine_table`: the merged net in PyTorch against the same net exported to onnxruntime.
+
+Timing is interleaved: every variant of one row is timed once per round, round after round, so
+a slow moment of a shared machine hits all of them. A latency is the median over the rounds of
+``Timer.blocked_autorange``'s median; a ratio is the median of the per-round ratios.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import argparse
+import copy
+import csv
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
+
+from .block import RepMLPBlock, unpartition
+from .conv_as_fc import conv_to_fc
+from .deploy import deploy
+from .nets import RepMLPBottleneck, ResNetBottleneck, conv_bn_relu, repmlp_light_block, small_conv_resnet, small_repmlp_resnet
+
+# ---- counting and timing one thing ------------------------------------------------------------
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -34,3 +65,441 @@ def latency_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, min_
     """
     timer = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x})
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+@torch.no_grad()
+def interleaved_ms(
+    fns: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, rounds: int = 3, min_run_time: float = 0.1
+) -> dict[str, list[float]]:
+    """Time every ``fn(x)`` once per round, for ``rounds`` rounds: ``{name: [ms of round 1, ...]}``.
+
+    Each is warmed up twice first; each timing is :func:`latency_ms` (a median of many runs).
+    """
+    for fn in fns.values():
+        fn(x)
+        fn(x)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(latency_ms(fn, x, min_run_time))
+    return times
+
+
+def median_ms(times: dict[str, list[float]]) -> dict[str, float]:
+    """The median over rounds of each entry of :func:`interleaved_ms`."""
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """``num / den``, the median of the per-round ratios (both were timed in the same round)."""
+    return statistics.median(a / b for a, b in zip(times[num], times[den]))
+
+
+# ---- the limit: the merged block's matrix products alone --------------------------------------
+
+
+class BareMatmuls:
+    """The merged block's three matrix products as bare ``torch.matmul`` on ready-made operands.
+
+    FC1 ``(N, C*P) @ (C*P, C*P/r)``, FC2 ``(N, C*P/r) @ (C*P/r, C*P)`` and FC3 as one batched
+    matmul over the groups, ``(g, M, C*h*w/g) @ (g, C*h*w/g, O*h*w/g)`` (``P`` partitions per image,
+    ``M = N*P``), every operand contiguous. The operands are the very inputs the block's FC1 and
+    FC3 receive on ``x`` (captured with forward hooks), so :meth:`block_output` rebuilds the block's
+    output from these products: the same numbers, none of the reshaping, pooling, adding or copying
+    around them. Calling it is the least a merged block can cost on this hardware.
+    """
+
+    def __init__(self, block: RepMLPBlock, x: torch.Tensor):
+        if not block.deployed:
+            raise ValueError("BareMatmuls needs a merged block: call switch_to_deploy() or deploy() first")
+        self.block, self.batch = block, x.shape[0]
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(name: str):
+            return lambda module, inputs, output: captured.__setitem__(name, inputs[0].detach())
+
+        gp = block.global_perceptron
+        modules = {"fc3": block.fc3} | ({"fc1": gp.fc1} if gp is not None else {})
+        hooks = [module.register_forward_hook(keep(name)) for name, module in modules.items()]
+        try:
+            with torch.no_grad():
+                block(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+        g, weight = block.groups, block.fc3.weight.detach()
+        m = captured["fc3"].shape[0]
+        self.fc3_input = captured["fc3"].reshape(m, g, -1).transpose(0, 1).contiguous()  # (g, M, in/g)
+        self.fc3_weight = weight.reshape(g, -1, weight.shape[1]).transpose(1, 2).contiguous()  # (g, in/g, out/g)
+        self.fc1_input = self.fc1_weight = self.fc2_weight = None
+        if gp is not None:
+            self.fc1_input = captured["fc1"].contiguous()  # (N, C*P)
+            self.fc1_weight = gp.fc1.weight.detach().t().contiguous()  # (C*P, C*P/r)
+            self.fc2_weight = gp.fc2.weight.detach().t().contiguous()  # (C*P/r, C*P)
+
+    def __call__(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The products ``(FC2 of FC1, FC3)``; ``x`` is ignored (the operands are fixed)."""
+        fc2 = None
+        if self.fc1_input is not None:
+            fc2 = torch.matmul(torch.matmul(self.fc1_input, self.fc1_weight), self.fc2_weight)
+        return fc2, torch.matmul(self.fc3_input, self.fc3_weight)
+
+    def block_output(self, fc3_product: torch.Tensor) -> torch.Tensor:
+        """The block's output ``(N, O, H, W)`` from the FC3 product: add the bias, undo the layout."""
+        b = self.block
+        out = fc3_product.transpose(0, 1).reshape(fc3_product.shape[1], -1) + b.fc3.bias.detach()
+        return unpartition(out.reshape(-1, b.out_channels, b.h, b.w), self.batch, b.H, b.W)
+
+    def flops(self) -> int:
+        """FLOPs of the three products, by hand: ``2 * rows * inner * columns`` each."""
+        g, m, k = self.fc3_input.shape
+        total = 2 * g * m * k * self.fc3_weight.shape[2]
+        if self.fc1_input is not None:
+            n, features = self.fc1_input.shape
+            total += 2 * 2 * n * features * self.fc1_weight.shape[1]  # FC1 and FC2: the same size
+        return total
+
+
+# ---- the RepMLP block at the paper's settings ---------------------------------------------------
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters everywhere in ``model`` (as after training)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in model.modules():
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                n = bn.num_features
+                bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                bn.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+    return model
+
+
+def block_configs(quick: bool = False) -> list[dict[str, int]]:
+    """The block settings measured: ``h = w`` in {7, 8}, ``H = W = 2h`` (4 partitions), groups 1-8,
+    channels 64-256, batch 1 and 32; a setting is kept when FC3 has at most 2**25 weights
+    (``C*O*h^2*w^2/g``: 128 MiB in float32), so the sweep runs in minutes on a CPU.
+    ``quick``: C = 64, h = 8, g in {1, 4}.
+    """
+    if quick:
+        return [dict(channels=64, h=8, groups=g, batch=n) for g in (1, 4) for n in (1, 32)]
+    configs = []
+    for h in (7, 8):
+        for channels in (64, 128, 256):
+            for groups in (1, 2, 4, 8):
+                if channels**2 * h**4 // groups <= 2**25:
+                    configs += [dict(channels=channels, h=h, groups=groups, batch=n) for n in (1, 32)]
+    return configs
+
+
+def measure_block(
+    channels: int,
+    h: int,
+    groups: int,
+    batch: int,
+    device: str = "cpu",
+    rounds: int = 3,
+    min_run_time: float = 0.1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One row of :func:`block_table`: a ``C -> C`` RepMLP block on ``(batch, C, 2h, 2h)`` with ``h x h`` partitions.
+
+    Returns parameters, FLOPs (``count_flops``) and latency (ms) of the training form (eval mode),
+    the merged form, its :class:`BareMatmuls` and the conv baseline (3x3 conv + BN + ReLU), and the
+    ratios ``merged/train``, ``merged/bare`` and ``merged/conv``.
+    """
+    torch.manual_seed(seed)
+    size = 2 * h
+    train = randomize_bn(RepMLPBlock(channels, channels, size, size, h, h, groups, reduction=4), seed).eval()
+    merged = deploy(train)
+    conv = randomize_bn(conv_bn_relu(channels, channels, 3), seed).eval()
+    x = torch.randn(batch, channels, size, size)
+    train, merged, conv, x = train.to(device), merged.to(device), conv.to(device), x.to(device)
+    bare = BareMatmuls(merged, x)
+
+    times = interleaved_ms({"train": train, "merged": merged, "bare": bare, "conv": conv}, x, rounds, min_run_time)
+    ms = median_ms(times)
+    return {
+        "table": "block",
+        "C": channels,
+        "H": size,
+        "h": h,
+        "groups": groups,
+        "batch": batch,
+        "train_ms": ms["train"],
+        "merged_ms": ms["merged"],
+        "bare_ms": ms["bare"],
+        "conv_ms": ms["conv"],
+        "merged/train": median_ratio(times, "merged", "train"),
+        "merged/bare": median_ratio(times, "merged", "bare"),
+        "merged/conv": median_ratio(times, "merged", "conv"),
+        "params_train": count_parameters(train),
+        "params_merged": count_parameters(merged),
+        "params_conv": count_parameters(conv),
+        "fc3_params": merged.fc3.weight.numel(),  # C*O*h^2*w^2/g
+        "one_fc_params": channels * channels * size**4,  # one FC over the whole map: C*O*H^2*W^2
+        "flops_train": count_flops(train, x),
+        "flops_merged": count_flops(merged, x),
+        "flops_bare": bare.flops(),
+        "flops_conv": count_flops(conv, x),
+    }
+
+
+def block_table(
+    quick: bool = False, device: str = "cpu", rounds: int = 3, min_run_time: float = 0.1, progress: bool = False
+) -> list[dict[str, Any]]:
+    """:func:`measure_block` over :func:`block_configs`."""
+    rows = []
+    for config in block_configs(quick):
+        rows.append(measure_block(**config, device=device, rounds=rounds, min_run_time=min_run_time))
+        if progress:
+            print(".", end="", file=sys.stderr, flush=True)
+    return rows
+
+
+# ---- the RepMLP-ResNet bottleneck and Light block --------------------------------------------------
+
+
+def bottleneck_configs(quick: bool = False) -> list[dict[str, int]]:
+    """Bottlenecks of ``channels`` on ``2h x 2h`` maps; RepMLP with ``g = 4`` (``quick``: one size)."""
+    if quick:
+        return [dict(channels=128, h=8, groups=4, batch=n) for n in (1, 32)]
+    return [dict(channels=c, h=h, groups=4, batch=n) for c in (128, 256) for h in (7, 8) for n in (1, 32)]
+
+
+def measure_bottleneck(
+    kind: str,
+    channels: int,
+    h: int,
+    groups: int,
+    batch: int,
+    device: str = "cpu",
+    rounds: int = 3,
+    min_run_time: float = 0.1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One row of :func:`bottleneck_table`: ``kind`` is ``"bottleneck"`` (:class:`RepMLPBottleneck`,
+    channel reduction 2) or ``"light"`` (:func:`repmlp_light_block`, reduction 8), against the plain
+    :class:`ResNetBottleneck` (reduction 4) on the same input ``(batch, channels, 2h, 2h)``.
+    """
+    torch.manual_seed(seed)
+    size = 2 * h
+    if kind == "bottleneck":
+        train = RepMLPBottleneck(channels, size, size, h, h, reduction=2, groups=groups)
+    elif kind == "light":
+        train = repmlp_light_block(channels, size, size, h, h, groups=groups)
+    else:
+        raise ValueError(f"kind must be 'bottleneck' or 'light', got {kind!r}")
+    train = randomize_bn(train, seed).eval()
+    merged = deploy(train)
+    resnet = randomize_bn(ResNetBottleneck(channels, 4), seed).eval()
+    x = torch.randn(batch, channels, size, size)
+    train, merged, resnet, x = train.to(device), merged.to(device), resnet.to(device), x.to(device)
+
+    times = interleaved_ms({"train": train, "merged": merged, "resnet": resnet}, x, rounds, min_run_time)
+    ms = median_ms(times)
+    return {
+        "table": "bottleneck",
+        "kind": kind,
+        "C": channels,
+        "H": size,
+        "h": h,
+        "groups": groups,
+        "batch": batch,
+        "train_ms": ms["train"],
+        "merged_ms": ms["merged"],
+        "resnet_ms": ms["resnet"],
+        "merged/train": median_ratio(times, "merged", "train"),
+        "merged/resnet": median_ratio(times, "merged", "resnet"),
+        "params_train": count_parameters(train),
+        "params_merged": count_parameters(merged),
+        "params_resnet": count_parameters(resnet),
+        "flops_train": count_flops(train, x),
+        "flops_merged": count_flops(merged, x),
+        "flops_resnet": count_flops(resnet, x),
+    }
+
+
+def bottleneck_table(
+    quick: bool = False, device: str = "cpu", rounds: int = 3, min_run_time: float = 0.1
+) -> list[dict[str, Any]]:
+    """:func:`measure_bottleneck` for both kinds over :func:`bottleneck_configs`."""
+    return [
+        measure_bottleneck(kind, **config, device=device, rounds=rounds, min_run_time=min_run_time)
+        for config in bottleneck_configs(quick)
+        for kind in ("bottleneck", "light")
+    ]
+
+
+# ---- the cost of merging --------------------------------------------------------------------------
+
+
+def _once_ms(fn: Callable[[], Any], repeats: int) -> float:
+    """Median of ``repeats`` single calls of ``fn()`` (after one warm-up), in ms.
+
+    Merging is done once per model, so it is timed call by call, not averaged over many calls.
+    """
+    fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return statistics.median(timer.timeit(1).median for _ in range(repeats)) * 1e3
+
+
+def deploy_table(quick: bool = False, device: str = "cpu", repeats: int = 3) -> list[dict[str, Any]]:
+    """Time of :func:`conv_to_fc` (a 3x3 kernel on an 8x8 partition, C -> C) and of :func:`deploy`
+    on a small RepMLP-ResNet, against the number of entries of the FC kernels they build.
+    """
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for channels in (8, 16, 32) if quick else (8, 16, 32, 64, 128):
+        kernel = torch.randn(channels, channels, 3, 3, generator=gen).to(device)
+        rows.append({
+            "table": "deploy",
+            "what": "conv_to_fc",
+            "C": channels,
+            "fc_kernel_entries": (channels * 64) ** 2,
+            "ms": _once_ms(lambda: conv_to_fc(kernel, 8, 8), repeats),
+        })
+    for width in (8, 16) if quick else (8, 16, 32):
+        model = randomize_bn(small_repmlp_resnet(width=width)).to(device)
+        merged = deploy(model)
+        entries = sum(b.fc3.weight.numel() for b in merged.modules() if isinstance(b, RepMLPBlock))
+        rows.append({
+            "table": "deploy",
+            "what": "deploy(small_repmlp_resnet)",
+            "C": width,
+            "fc_kernel_entries": entries,
+            "ms": _once_ms(lambda: deploy(model), repeats),
+        })
+    return rows
+
+
+# ---- a second engine: onnxruntime ---------------------------------------------------------------
+
+
+def engine_table(quick: bool = False, rounds: int = 3, min_run_time: float = 0.1) -> list[dict[str, Any]]:
+    """The small RepMLP-ResNet (32x32 images): training form, merged form in PyTorch and the merged
+    form exported to ONNX and run by onnxruntime (CPU), against the conv ResNet of the same depth
+    in both engines. ``vs_merged_torch``: latency over that of the merged net in PyTorch. CPU only.
+    """
+    from .export import export_onnx, onnxruntime_fn  # onnx and onnxruntime only when needed
+
+    torch.manual_seed(0)
+    train = randomize_bn(small_repmlp_resnet(width=16)).eval()
+    merged = deploy(train)
+    conv = randomize_bn(small_conv_resnet(width=16)).eval()
+    merged_ort = onnxruntime_fn(export_onnx(merged))
+    conv_ort = onnxruntime_fn(export_onnx(conv))
+    rows = []
+    for batch in (1,) if quick else (1, 32):
+        x = torch.randn(batch, 3, 32, 32)
+        fns = {"train": train, "merged": merged, "merged_ort": merged_ort, "conv": conv, "conv_ort": conv_ort}
+        times = interleaved_ms(fns, x, rounds, min_run_time)
+        ms = median_ms(times)
+        for name, model, engine in [
+            ("train", train, "torch"), ("merged", merged, "torch"), ("merged_ort", merged, "onnxruntime"),
+            ("conv", conv, "torch"), ("conv_ort", conv, "onnxruntime"),
+        ]:
+            rows.append({
+                "table": "engine",
+                "model": "conv ResNet" if name.startswith("conv") else f"RepMLP-ResNet {name.split('_')[0]}",
+                "engine": engine,
+                "batch": batch,
+                "ms": ms[name],
+                "vs_merged_torch": median_ratio(times, name, "merged"),
+                "params": count_parameters(model),
+                "flops": count_flops(model, x),
+            })
+    return rows
+
+
+# ---- the command line ------------------------------------------------------------------------------
+
+# Columns printed per table (all columns go to the CSV): ratios first, then the times behind them.
+COLUMNS = {
+    "block": ["C", "h", "groups", "batch", "merged/train", "merged/bare", "merged/conv",
+              "train_ms", "merged_ms", "bare_ms", "conv_ms", "fc3_params", "flops_merged", "flops_conv"],
+    "bottleneck": ["kind", "C", "h", "groups", "batch", "merged/train", "merged/resnet",
+                   "train_ms", "merged_ms", "resnet_ms", "params_merged", "params_resnet"],
+    "deploy": ["what", "C", "fc_kernel_entries", "ms"],
+    "engine": ["model", "engine", "batch", "ms", "vs_merged_torch", "params", "flops"],
+}
+
+
+def machine() -> str:
+    """One line: CPU model, threads, torch version (and the GPU when there is one)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as an aligned plain-text table of ``columns``."""
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """All rows of all tables in one CSV; the column ``table`` says which table a row is from."""
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m repmlp_lite.bench", description="Measured costs of RepMLP: training form, merged form, limits."
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--quick", action="store_true", help="a few settings only (well under a minute on a CPU)")
+    parser.add_argument("--csv", metavar="PATH", help="also write every row to this CSV file")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (default 3)")
+    parser.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (default 0.1)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    timing = dict(rounds=args.rounds, min_run_time=args.min_run_time)
+    print(f"# {machine()}; device {args.device}; {args.rounds} rounds x {args.min_run_time} s per timing")
+    tables = {
+        "block": block_table(args.quick, args.device, **timing),
+        "bottleneck": bottleneck_table(args.quick, args.device, **timing),
+        "deploy": deploy_table(args.quick, args.device),
+    }
+    if args.device == "cpu":
+        tables["engine"] = engine_table(args.quick, **timing)
+    rows = []
+    for name, table in tables.items():
+        print(f"\n## {name}\n{format_table(table, COLUMNS[name])}")
+        rows += table
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"\nwrote {len(rows)} rows to {args.csv}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The benchmark (``python -m repmlp_lite.bench``), the fairness of its references, and the ONNX export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repmlp_lite.bench import BareMatmuls, count_flops, measure_block, write_csv
+from repmlp_lite.block import RepMLPBlock
+from repmlp_lite.deploy import deploy
+from repmlp_lite.export import conv_nodes, export_onnx, merged_small_repmlp_resnet, onnxruntime_fn, round_trip
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+RATIO_COLUMNS = {"merged/train", "merged/bare", "merged/conv"}
+
+
+def _merged_block(train_steps, randomize_bn, seed=0, n=4, **kwargs) -> RepMLPBlock:
+    """A block after a few training steps, BN statistics randomized, then merged."""
+    torch.manual_seed(seed)
+    block = RepMLPBlock(**kwargs)
+    train_steps(block, (n, kwargs["in_channels"], kwargs["H"], kwargs["W"]), seed=seed)
+    for i, bn in enumerate(m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        randomize_bn(bn, seed + i)
+    return deploy(block)
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+
+def test_cli_quick_writes_a_csv_with_the_ratio_columns(tmp_path):
+    path = tmp_path / "bench.csv"
+    command = [sys.executable, "-m", "repmlp_lite.bench", "--quick", "--csv", str(path),
+               "--rounds", "1", "--min-run-time", "0.001", "--threads", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for title in ("## block", "## bottleneck", "## deploy", "## engine", "merged/bare"):
+        assert title in result.stdout
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert RATIO_COLUMNS | {"merged/resnet", "table"} <= set(reader.fieldnames)
+        rows = list(reader)
+    tables = {row["table"] for row in rows}
+    assert tables == {"block", "bottleneck", "deploy", "engine"}
+    blocks = [row for row in rows if row["table"] == "block"]
+    assert {row["batch"] for row in blocks} == {"1", "32"}
+    for row in blocks:
+        for column in RATIO_COLUMNS:
+            assert float(row[column]) > 0, (column, row)
+        assert int(row["flops_merged"]) == int(row["flops_bare"])  # the bare limit does the same work
+        assert int(row["params_merged"]) < int(row["params_train"])
+    for row in (r for r in rows if r["table"] == "bottleneck"):
+        assert float(row["merged/resnet"]) > 0 and float(row["merged/train"]) > 0
+    assert any(row["engine"] == "onnxruntime" for row in rows if row["table"] == "engine")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU here")
+def test_cli_device_cuda_without_a_gpu_is_a_clear_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "repmlp_lite.bench", "--device", "cuda"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "no CUDA device" in result.stderr
+
+
+def test_write_csv_takes_the_union_of_columns(tmp_path):
+    path = tmp_path / "t.csv"
+    write_csv([{"table": "a", "x": 1}, {"table": "b", "y": 2.5}], path)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [{"table": "a", "x": "1", "y": ""}, {"table": "b", "x": "", "y": "2.5"}]
+
+
+def test_measure_block_row_is_consistent():
+    row = measure_block(channels=8, h=2, groups=2, batch=2, rounds=1, min_run_time=0.001)
+    assert RATIO_COLUMNS <= row.keys()
+    assert row["fc3_params"] == 8 * 8 * 2**4 // 2  # C*O*h^2*w^2/g
+    assert row["one_fc_params"] == 8 * 8 * 4**4  # C*O*H^2*W^2
+    assert row["params_merged"] < row["params_train"]
+    assert row["flops_merged"] == row["flops_bare"] < row["flops_train"]
+    assert all(row[k] > 0 for k in ("train_ms", "merged_ms", "bare_ms", "conv_ms"))
+
+
+# ---- the bare-matmul limit computes what the merged block computes -----------------------------------
+
+BLOCKS = {
+    "g1": dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4, groups=1, reduction=2),
+    "g4": dict(in_channels=8, out_channels=8, H=8, W=8, h=4, w=4, groups=4, reduction=2),
+    "g2_C!=O_nonsquare": dict(in_channels=4, out_channels=6, H=6, W=8, h=3, w=4, groups=2, reduction=4),
+    "single_partition": dict(in_channels=4, out_channels=4, H=4, W=4, h=4, w=4, groups=2),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_bare_matmuls_compute_the_merged_block(name, train_steps, randomize_bn):
+    kwargs = BLOCKS[name]
+    block = _merged_block(train_steps, randomize_bn, **kwargs).double()
+    x = torch.randn(3, kwargs["in_channels"], kwargs["H"], kwargs["W"], dtype=torch.float64)
+    bare = BareMatmuls(block, x)
+    fc2_product, fc3_product = bare()
+
+    g, c, h, w = kwargs["groups"], kwargs["in_channels"], kwargs["h"], kwargs["w"]
+    m = 3 * (kwargs["H"] // h) * (kwargs["W"] // w)
+    assert bare.fc3_input.shape == (g, m, c * h * w // g) and bare.fc3_input.is_contiguous()
+    assert bare.fc3_weight.is_contiguous()
+    with torch.no_grad():
+        expected = block(x)
+    torch.testing.assert_close(bare.block_output(fc3_product), expected, rtol=1e-12, atol=1e-12)
+
+    gp = block.global_perceptron
+    if gp is None:
+        assert fc2_product is None
+        return
+    # FC1's operand is the pooled input itself (the global perceptron's BN now lives in FC1) ...
+    torch.testing.assert_close(bare.fc1_input, F.avg_pool2d(x, (h, w)).flatten(1))
+    # ... and the two products are FC1 and FC2 without their biases and the ReLU between them
+    with torch.no_grad():
+        torch.testing.assert_close(fc2_product, gp.fc2(gp.fc1(bare.fc1_input) - gp.fc1.bias) - gp.fc2.bias)
+
+
+def test_bare_matmuls_need_a_merged_block():
+    with pytest.raises(ValueError, match="merged"):
+        BareMatmuls(RepMLPBlock(4, 4, 8, 8, 4, 4), torch.randn(1, 4, 8, 8))
+
+
+# ---- FLOPs: FlopCounterMode against the formula -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(BLOCKS))
+@pytest.mark.parametrize("n", [1, 5])
+def test_merged_block_flops_match_the_formula(name, n):
+    kwargs = BLOCKS[name]
+    block = deploy(RepMLPBlock(**kwargs))
+    c, o, height, width, h, w, g = (kwargs[k] for k in ("in_channels", "out_channels", "H", "W", "h", "w", "groups"))
+    parts = (height // h) * (width // w)
+    m = n * parts
+    expected = 2 * m * (c * h * w) * (o * h * w) // g  # FC3
+    if block.global_perceptron is not None:  # FC1: C*P -> C*P/r, FC2: back
+        hidden = c * parts // kwargs["reduction"]
+        expected += 2 * 2 * n * (c * parts) * hidden
+    x = torch.randn(n, c, height, width)
+    assert count_flops(block, x) == expected
+    assert BareMatmuls(block, x).flops() == expected
+
+
+# ---- ONNX ---------------------------------------------------------------------------------------------
+
+
+def test_onnx_round_trip_of_the_merged_small_repmlp_resnet(tmp_path):
+    model = merged_small_repmlp_resnet(width=8)
+    x = torch.randn(3, 3, 32, 32)  # exported with batch 1: the batch dimension is dynamic
+    result = round_trip(model, x, tmp_path / "net.onnx")
+    assert result.max_abs_diff < 1e-4
+    with torch.no_grad():  # the file written is the model too
+        assert abs(onnxruntime_fn(tmp_path / "net.onnx")(x) - model(x).numpy()).max() < 1e-4
+    # no Conv inside the RepMLP blocks; every other conv of the net (stem, 1x1s, 3x3s) is one Conv node
+    assert result.convs.in_blocks == 0
+    assert result.convs.total == sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 0
+    assert result.ops.get("Gemm", 0) + result.ops.get("MatMul", 0) >= 2
+
+
+def test_exported_merged_block_has_no_conv_but_the_training_form_has(train_steps, randomize_bn):
+    kwargs = BLOCKS["g4"]
+    merged = _merged_block(train_steps, randomize_bn, **kwargs).eval()
+    x = torch.randn(2, 8, 8, 8)
+    buffer = io.BytesIO()
+    data = export_onnx(merged, x[:1], buffer)
+    assert buffer.getvalue() == data
+    assert conv_nodes(data).total == 0
+    with torch.no_grad():
+        assert abs(onnxruntime_fn(data)(x) - merged(x).numpy()).max() < 1e-4
+
+    train = RepMLPBlock(**kwargs).eval()  # the check can fail: the unmerged block exports its conv branches
+    counts = conv_nodes(export_onnx(train, x[:1]))
+    assert counts.total == len(kwargs.get("reparam_conv_k", (1, 3, 5)))
+    assert counts.in_blocks == counts.total

@@ -3,6 +3,7 @@
 The helpers at the top (:func:`count_parameters`, :func:`count_flops`, :func:`latency_ms`) are used
 by the chapters. The rest is the benchmark behind chapter 6, ``python -m repmlp_lite.bench``:
 
+* :func:`count_table`: parameters and FLOPs of a block by partition size and groups (no timing).
 * :func:`block_table`: RepMLP blocks at the paper's settings. Latency of the training form (eval
   mode), the merged form, the merged form's three matrix products alone (:class:`BareMatmuls`, the
   limit the merged block can approach) and a 3x3 conv + BN + ReLU with the same input and output.
@@ -24,7 +25,6 @@ import csv
 import os
 import platform
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -161,6 +161,44 @@ class BareMatmuls:
         return total
 
 
+# ---- counting only: parameters and FLOPs ------------------------------------------------------------
+
+
+def count_table(
+    channels: int = 32, size: int = 16, hs: Sequence[int] = (2, 4, 8), groups: Sequence[int] = (1, 2, 4, 8)
+) -> list[dict[str, Any]]:
+    """Parameters and FLOPs per image of a ``C -> C`` block on ``size x size`` maps, for every partition
+    size ``h = w`` in ``hs`` and every ``g`` in ``groups``: training form, merged form and the 3x3 conv
+    baseline, all counted (:func:`count_parameters`, :func:`count_flops`). For comparison, the paper's
+    formulas: ``fc3_formula = C*O*h^2*w^2/g`` and ``one_fc_params = C*O*H^2*W^2`` (one FC on the whole map).
+    """
+    conv = conv_bn_relu(channels, channels, 3).eval()
+    x = torch.randn(1, channels, size, size)
+    rows = []
+    for h in hs:
+        for g in groups:
+            torch.manual_seed(0)
+            train = RepMLPBlock(channels, channels, size, size, h, h, g, reduction=4).eval()
+            merged = deploy(train)
+            rows.append({
+                "table": "count",
+                "C": channels,
+                "H": size,
+                "h": h,
+                "groups": g,
+                "params_train": count_parameters(train),
+                "params_merged": count_parameters(merged),
+                "params_conv": count_parameters(conv),
+                "fc3_params": merged.fc3.weight.numel(),
+                "fc3_formula": channels * channels * h**4 // g,
+                "one_fc_params": channels * channels * size**4,
+                "flops_train": count_flops(train, x),
+                "flops_merged": count_flops(merged, x),
+                "flops_conv": count_flops(conv, x),
+            })
+    return rows
+
+
 # ---- the RepMLP block at the paper's settings ---------------------------------------------------
 
 
@@ -249,15 +287,15 @@ def measure_block(
 
 
 def block_table(
-    quick: bool = False, device: str = "cpu", rounds: int = 3, min_run_time: float = 0.1, progress: bool = False
+    quick: bool = False,
+    device: str = "cpu",
+    rounds: int = 3,
+    min_run_time: float = 0.1,
+    configs: Sequence[dict[str, int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`measure_block` over :func:`block_configs`."""
-    rows = []
-    for config in block_configs(quick):
-        rows.append(measure_block(**config, device=device, rounds=rounds, min_run_time=min_run_time))
-        if progress:
-            print(".", end="", file=sys.stderr, flush=True)
-    return rows
+    """:func:`measure_block` over ``configs`` (default: :func:`block_configs` of ``quick``)."""
+    configs = block_configs(quick) if configs is None else configs
+    return [measure_block(**config, device=device, rounds=rounds, min_run_time=min_run_time) for config in configs]
 
 
 # ---- the RepMLP-ResNet bottleneck and Light block --------------------------------------------------
@@ -324,12 +362,17 @@ def measure_bottleneck(
 
 
 def bottleneck_table(
-    quick: bool = False, device: str = "cpu", rounds: int = 3, min_run_time: float = 0.1
+    quick: bool = False,
+    device: str = "cpu",
+    rounds: int = 3,
+    min_run_time: float = 0.1,
+    configs: Sequence[dict[str, int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`measure_bottleneck` for both kinds over :func:`bottleneck_configs`."""
+    """:func:`measure_bottleneck` for both kinds over ``configs`` (default: :func:`bottleneck_configs`)."""
+    configs = bottleneck_configs(quick) if configs is None else configs
     return [
         measure_bottleneck(kind, **config, device=device, rounds=rounds, min_run_time=min_run_time)
-        for config in bottleneck_configs(quick)
+        for config in configs
         for kind in ("bottleneck", "light")
     ]
 

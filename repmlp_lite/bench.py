@@ -218,17 +218,19 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def block_configs(quick: bool = False) -> list[dict[str, int]]:
     """The block settings measured: ``h = w`` in {7, 8}, ``H = W = 2h`` (4 partitions), groups 1-8,
-    channels 64-256, batch 1 and 32; a setting is kept when FC3 has at most 2**25 weights
-    (``C*O*h^2*w^2/g``: 128 MiB in float32), so the sweep runs in minutes on a CPU.
+    channels 64-256, batch 1 and 32, keeping a setting when FC3 has at most 2**25 weights
+    (``C*O*h^2*w^2/g``: 128 MiB in float32), so that the sweep runs in minutes on a CPU; and the
+    paper's widest channels once, C = 512 with h = 7, g = 8 (300 MiB).
     ``quick``: C = 64, h = 8, g in {1, 4}.
     """
     if quick:
         return [dict(channels=64, h=8, groups=g, batch=n) for g in (1, 4) for n in (1, 32)]
     configs = []
     for h in (7, 8):
-        for channels in (64, 128, 256):
+        for channels in (64, 128, 256, 512):
             for groups in (1, 2, 4, 8):
-                if channels**2 * h**4 // groups <= 2**25:
+                fits = channels**2 * h**4 // groups <= 2**25 or (channels, h, groups) == (512, 7, 8)
+                if fits:
                     configs += [dict(channels=channels, h=h, groups=groups, batch=n) for n in (1, 32)]
     return configs
 

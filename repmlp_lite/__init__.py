@@ -5,6 +5,7 @@
 * :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge.
 * :mod:`~repmlp_lite.deploy`: merging a whole model, and checking that the merge changed nothing.
 * :mod:`~repmlp_lite.nets`: RepMLP bottlenecks and a small RepMLP-ResNet with its conv baseline.
+* :mod:`~repmlp_lite.zoo`, :mod:`~repmlp_lite.official`: the papers' networks by name, and the authors' checkpoints.
 * :mod:`~repmlp_lite.data`, :mod:`~repmlp_lite.train`: real images and a training loop for the book.
 """
 
@@ -13,6 +14,8 @@ from .conv_as_fc import conv_bias_to_fc, conv_to_fc, fc_forward, grouped_to_dens
 from .deploy import Equivalence, check_equivalence, deploy
 from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 from .nets import RepMLPBottleneck, ResNetBottleneck, repmlp_light_block, small_conv_resnet, small_repmlp_resnet
+from .official import load_official
+from .zoo import create_model, list_models
 
 __all__ = [
     "Equivalence",
@@ -22,12 +25,15 @@ __all__ = [
     "check_equivalence",
     "conv_bias_to_fc",
     "conv_to_fc",
+    "create_model",
     "deploy",
     "fc_forward",
     "fuse_bn_linear",
     "fuse_conv_bn",
     "fuse_linear_bn",
     "grouped_to_dense",
+    "list_models",
+    "load_official",
     "partition",
     "repmlp_light_block",
     "small_conv_resnet",

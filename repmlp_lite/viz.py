@@ -31,6 +31,36 @@ from matplotlib.patches import Rectangle
 from ._checks import check_divisible, check_positive
 from .conv_as_fc import conv_output_size, conv_to_fc, grouped_to_dense
 
+# The book's one figure style. Figures are drawn for the content column of the HTML book (about
+# 690 px at a 1280 px window): COLUMN_WIDTH_IN inches at FIGURE_DPI, so a figure is shown at its natural
+# size and a 9 pt label is about 12 px on screen. Chapters call use_book_style() in their setup cell.
+FIGURE_DPI = 100
+COLUMN_WIDTH_IN = 6.8
+BOOK_STYLE: dict[str, object] = {
+    "figure.dpi": FIGURE_DPI,
+    "savefig.dpi": FIGURE_DPI,
+    "figure.figsize": (COLUMN_WIDTH_IN, 0.62 * COLUMN_WIDTH_IN),
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8.5,
+    "ytick.labelsize": 8.5,
+    "legend.fontsize": 8.5,
+    "figure.titlesize": 10,
+}
+
+
+def use_book_style() -> None:
+    """Set matplotlib's defaults to the book's style (:data:`BOOK_STYLE`)."""
+    matplotlib.rcParams.update(BOOK_STYLE)
+
+
+def column_figsize(height_ratio: float, width_fraction: float = 1.0) -> tuple[float, float]:
+    """``(width, height)`` in inches for a figure ``width_fraction`` of the column wide."""
+    width = COLUMN_WIDTH_IN * width_fraction
+    return width, width * height_ratio
+
+
 _CMAP = matplotlib.colormaps["coolwarm"].with_extremes(bad="white")  # masked (exact zero) entries are white
 _MAX_VALUE_LABELS = 2500  # show_values writes one label per entry: only for small matrices
 

@@ -26,6 +26,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle
 
 from ._checks import check_divisible, check_positive
 from .block import RepMLPBlock, partition
+from .viz import COLUMN_WIDTH_IN
 
 FONT_SIZE = 9.0
 BOX_PAD_PT = 4.0  # padding between a box's text and its border, in points
@@ -118,7 +119,7 @@ def _draw_training(ax: Axes, block: RepMLPBlock) -> None:
     """The training-time block: global perceptron (left column), partition and local perceptrons (bottom)."""
     C, O, H, W, h, w, g = block.in_channels, block.out_channels, block.H, block.W, block.h, block.w, block.groups
     hp, wp = H // h, W // w
-    main_x, global_x = 0.5, 0.15
+    main_x, global_x = 0.56, 0.2
     x_in = _box(ax, "train:input", main_x, _row(0), f"input x\n(N, C, H, W) = (N, {C}, {H}, {W})", "data")
 
     gp = block.global_perceptron
@@ -129,7 +130,7 @@ def _draw_training(ax: Axes, block: RepMLPBlock) -> None:
         steps = [
             ("train:pool", f"AvgPool h×w = {h}×{w}\n→ (N, {C}, {hp}, {wp})"),
             ("train:global_bn", f"BN2d(C = {C})"),
-            ("train:fc1", f"FC1: {gp.fc1.in_features} → {gp.fc1.out_features}\n(hidden = C·H/h·W/w ÷ r)"),
+            ("train:fc1", f"FC1: {gp.fc1.in_features} → {gp.fc1.out_features}\n(hidden = C·H/h·W/w\n÷ FC1 reduction)"),
             ("train:relu", "ReLU"),
             ("train:fc2", f"FC2: {gp.fc2.in_features} → {gp.fc2.out_features}\n→ (N, {C}, {hp}, {wp})"),
         ]
@@ -149,15 +150,15 @@ def _draw_training(ax: Axes, block: RepMLPBlock) -> None:
     _arrow(ax, above_partition, parts)
 
     kernels = _kernel_sizes(block)
-    xs = np.linspace(0.04, 0.96, 2 * (1 + len(kernels)) + 1)[1::2]
-    fc3_text = f"FC3, groups g = {g}\nC·h·w = {C * h * w} →\nO·h·w = {O * h * w}"
+    xs = np.linspace(0.0, 1.0, 2 * (1 + len(kernels)) + 1)[1::2]
+    fc3_text = f"FC3, g = {g}\nC·h·w = {C * h * w} →\nO·h·w = {O * h * w}"
     fc3 = _box(ax, "train:fc3", xs[0], _row(8), fc3_text, "partition")
     fc3_bn = _box(ax, "train:fc3_bn", xs[0], _row(9.3), f"BN1d({O * h * w})", "partition")
     _arrow(ax, parts, fc3, "across-down")
     _arrow(ax, fc3, fc3_bn)
     branch_ends = [fc3_bn]
     for x, k in zip(xs[1:], kernels):
-        conv = _box(ax, f"train:conv{k}", x, _row(8), f"conv {k}×{k}, g = {g}\n{C} → {O} ch,\npad {k // 2}", "local")
+        conv = _box(ax, f"train:conv{k}", x, _row(8), f"conv {k}×{k}\ng = {g}, pad {k // 2}\n{C} → {O} ch", "local")
         bn = _box(ax, f"train:conv{k}_bn", x, _row(9.3), f"BN2d({O})", "local")
         _arrow(ax, parts, conv, "across-down")
         _arrow(ax, conv, bn)
@@ -224,19 +225,23 @@ def block_diagram(block: RepMLPBlock) -> Figure:
     """
     if block.deployed:
         raise ValueError("draw the block before switch_to_deploy(): the merged block has no conv branches left")
-    branches = 1 + len(block.local_perceptron)
-    train_width = max(8.5, 2.0 * branches)
-    fig = plt.figure(figsize=(train_width + 5.0, 9.0))
-    left = fig.add_axes((0.0, 0.06, train_width / (train_width + 5.0), 0.88))
-    right = fig.add_axes((train_width / (train_width + 5.0), 0.06, 5.0 / (train_width + 5.0), 0.88))
+    # One column wide (the book's COLUMN_WIDTH_IN): the training-time block on top, the deployed one below.
+    train_height, deploy_height, legend_height, title_height = 7.6, 6.4, 0.6, 0.35
+    height = train_height + deploy_height + legend_height + 2 * title_height
+    fig = plt.figure(figsize=(COLUMN_WIDTH_IN, height))
+    bottom_y = legend_height / height
+    top_y = (legend_height + deploy_height + title_height) / height
+    top = fig.add_axes((0.0, top_y, 1.0, train_height / height))
+    bottom = fig.add_axes((0.0, bottom_y, 1.0, deploy_height / height))
+    left, right = top, bottom
     for ax, title in [(left, "training time"), (right, "inference time (after switch_to_deploy())")]:
         ax.set_axis_off()
         ax.set_title(title, fontsize=FONT_SIZE + 3)
-    right.axvline(0.0, color="#999999", linewidth=0.8, linestyle="--")
+    fig.add_artist(plt.Line2D([0, 1], [top_y - 0.3 * title_height / height] * 2, color="#999999", linewidth=0.8, linestyle="--"))
     _draw_training(left, block)
     _draw_deployed(right, block)
     handles = [Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in LEGEND.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=FONT_SIZE, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=FONT_SIZE, frameon=False)
     return fig
 
 
@@ -291,16 +296,18 @@ def partition_diagram(H: int, W: int, h: int, w: int) -> Figure:
     owner = owner.reshape(H, W)
     fontsize = 8 if max(H, W) <= 12 else 6
 
-    cols = min(count, 4)
+    cols = min(count, 2)  # tiles per row of the stack: the figure stays one column wide
     tile_rows = (count + cols - 1) // cols
     gap = 1.0
     stack_width = cols * w + (cols - 1) * gap
     stack_height = tile_rows * (h + gap + 0.6)
     arrow_space = 4.0
-    inch_per_cell = 0.42
+    width_cells = W + arrow_space + stack_width
+    inch_per_cell = min(0.42, (COLUMN_WIDTH_IN - 0.4) / width_cells)
     fig, ax = plt.subplots(
-        figsize=(inch_per_cell * (W + arrow_space + stack_width) + 0.6, inch_per_cell * max(H, stack_height) + 1.4)
+        figsize=(inch_per_cell * width_cells + 0.4, inch_per_cell * (max(H, stack_height) + 3.0))
     )
+    fig.subplots_adjust(0, 0, 1, 1)
     ax.set_axis_off()
     ax.set_aspect("equal")
 
@@ -332,9 +339,9 @@ def partition_diagram(H: int, W: int, h: int, w: int) -> Figure:
         ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor="black", linewidth=2))
     ax.text(
         x_stack + stack_width / 2, -0.6,
-        f"partition(x, h, w): (N·H/h·W/w, C, h, w) = ({count}, 1, {h}, {w})",
+        f"partition(x, h, w):\n(N·H/h·W/w, C, h, w) = ({count}, 1, {h}, {w})",
         ha="center", va="bottom", fontsize=FONT_SIZE + 1,
     )
     ax.set_xlim(-0.2, x_stack + stack_width + 0.2)
-    ax.set_ylim(max(H, stack_height) + 0.2, -1.8)
+    ax.set_ylim(max(H, stack_height) + 0.2, -2.8)
     return fig

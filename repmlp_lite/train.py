@@ -72,7 +72,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
     history = History()
-    with tqdm(total=epochs * len(loader), desc=desc) as bar:
+    # dynamic_ncols: in a notebook the bar widget takes the output's width and wraps its parts as
+    # whole pieces, instead of squeezing the label until it breaks ("RepMLP-" / "ResNet: 100%").
+    with tqdm(total=epochs * len(loader), desc=desc, dynamic_ncols=True) as bar:
         for _ in range(epochs):
             model.train()
             total = 0.0

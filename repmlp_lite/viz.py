@@ -240,8 +240,8 @@ def plot_fc_kernel(
         raise ValueError(
             f"show_values writes one label per entry: use it for at most {_MAX_VALUE_LABELS} entries, got {values.size}"
         )
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 6 * min(1.0, rows / cols)), layout="constrained")
+    if ax is None:  # 80% of the column: a square matrix stays within one screen
+        _, ax = plt.subplots(figsize=column_figsize(min(1.0, rows / cols), 0.8), layout="constrained")
     vmax = float(np.abs(values).max()) or 1.0
     image = ax.imshow(np.ma.masked_equal(values, 0.0), cmap=_CMAP, vmin=-vmax, vmax=vmax, interpolation="nearest")
 
@@ -259,7 +259,7 @@ def plot_fc_kernel(
 
     if show_values:
         for r, c in zip(*np.nonzero(values)):
-            ax.text(c, r, f"{values[r, c]:.3g}", ha="center", va="center", fontsize=7)
+            ax.text(c, r, f"{values[r, c]:.3g}", ha="center", va="center", fontsize=8)
     if not ticks:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -293,7 +293,7 @@ def plot_band_map(kernel_size: int, h: int, w: int, padding: int | None = None, 
     blocks = taps.reshape(out_h, out_w, h, w).permute(0, 2, 1, 3).reshape(out_h, h, -1).amax(-1).numpy()
     kernel_row = np.ma.masked_less((blocks - 1) // kernel_size, 0)
     if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4 * out_h / h), layout="constrained")
+        _, ax = plt.subplots(figsize=column_figsize(out_h / h, 0.6), layout="constrained")
     cmap = matplotlib.colormaps["viridis"].resampled(kernel_size).with_extremes(bad="white")
     ax.imshow(kernel_row, cmap=cmap, vmin=-0.5, vmax=kernel_size - 0.5, alpha=0.6)
     for i, y in zip(*np.nonzero(~np.ma.getmaskarray(kernel_row))):
@@ -349,9 +349,12 @@ def plot_one_hot_response(
     response = F.conv2d(one_hot, kernel, padding=pad)[0, 0]  # (h', w')
     column = y * w + x
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), layout="constrained", width_ratios=[1, 1, 1.8])
-    _draw_image(axes[0], one_hot[0, 0], f"one-hot input $E_{{{column}}}$: pixel (y, x) = ({y}, {x})", "y", "x")
-    _draw_image(axes[1], response, f"its response CONV($E_{{{column}}}$, F, p)", "i", "j")
+    # At the column's width: the two small images side by side, W below them at full width.
+    fig = plt.figure(figsize=column_figsize(1.25), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.9])
+    axes = [*top.subplots(1, 2), bottom.subplots()]
+    _draw_image(axes[0], one_hot[0, 0], f"one-hot input $E_{{{column}}}$\npixel (y, x) = ({y}, {x})", "y", "x")
+    _draw_image(axes[1], response, f"its response\nCONV($E_{{{column}}}$, F, p)", "i", "j")
     plot_fc_kernel(fc, h, w, out_hw=tuple(response.shape), ax=axes[2], show_values=fc.numel() <= 400, pixel_rows=True)
     axes[2].add_patch(Rectangle((column - 0.5, -0.5), 1, fc.shape[0], fill=False, edgecolor="black", linewidth=2))
     axes[2].set_title(f"the response, flattened, is column {column} of W", fontsize=10)
@@ -372,8 +375,9 @@ def kernel_gallery(
     must be odd and every ``groups`` must divide ``channels``) and is titled with its share of nonzeros.
     """
     gen = torch.Generator().manual_seed(seed)
+    panel = COLUMN_WIDTH_IN / len(kernel_sizes)  # panels share the column's width
     fig, axes = plt.subplots(
-        len(groups), len(kernel_sizes), figsize=(2.7 * len(kernel_sizes), 2.9 * len(groups)),
+        len(groups), len(kernel_sizes), figsize=(COLUMN_WIDTH_IN, 1.15 * panel * len(groups) + 0.4),
         squeeze=False, layout="constrained",
     )
     for r, g in enumerate(groups):
@@ -381,7 +385,7 @@ def kernel_gallery(
             stats = sparsity_stats(channels, channels, k, h, w, groups=g)  # validates the combination
             kernel = torch.randn(channels, channels // g, k, k, generator=gen)
             ax = plot_fc_kernel(kernel, h, w, groups=g, ax=axes[r, c], ticks=False)
-            ax.set_title(f"K={k}, groups={g}: {stats.density:.1%} nonzero", fontsize=9)
+            ax.set_title(f"K={k}, groups={g}\n{stats.density:.1%} nonzero", fontsize=9)
     fig.suptitle(f"FC kernel of a {channels}->{channels}-channel conv on {h}x{w}, 'same' padding (zeros white)")
     return fig
 

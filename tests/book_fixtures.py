@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_DIR = REPO / "_build"
@@ -40,17 +41,32 @@ HTML_DIR = BUILD_DIR / "html"
 LOG_PATH = BUILD_DIR / "book-build.log"
 SCREENSHOT_DIR = BUILD_DIR / "screenshots"
 
-# The chapters, in reading order; _toc.yml must list them in this order (test_book checks it).
-CHAPTERS = [
-    "notebooks/01_conv_as_fc",
-    "notebooks/02_seeing_the_kernel",
-    "notebooks/03_bn_fusion",
-    "notebooks/04_repmlp_block",
-    "notebooks/05_train_and_merge",
-    "notebooks/06_costs",
-]
-# Every page of the book, in the order of its "next" links.
-PAGES = ["book/intro", "book/reading_guide", *CHAPTERS, "book/references"]
+
+
+def _toc_files() -> list[str]:
+    """The documents of ``_toc.yml`` in reading order (root first), without their suffixes."""
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files: list[str] = [str(toc["root"])]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(str(node["file"]).removesuffix(".ipynb").removesuffix(".md"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc.get("parts", toc.get("chapters", [])))
+    return files
+
+
+# Every page of the book, in the order of its "next" links; the chapters are its notebooks.
+# Both come from _toc.yml, so a chapter added there is checked without editing the tests
+# (test_book checks that every notebook in notebooks/ is listed, and built).
+PAGES = _toc_files()
+CHAPTERS = [page for page in PAGES if page.startswith("notebooks/")]
 
 COLAB_PREFIX = "https://colab.research.google.com/github/repmlp-by-hand/repmlp-by-hand/blob/main/"
 

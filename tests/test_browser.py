@@ -8,7 +8,13 @@ server and opened once; the checks below read that visit's record:
 * math is typeset by MathJax (``mjx-container`` elements, no TeX errors);
 * every image has loaded (``naturalWidth > 0``);
 * chapter pages have the Colab launch link, and their "next" link leads to the next page;
-* a page that carries saved widget state shows its widgets (sliders where it saved any).
+* a page that carries saved widget state shows its widgets (sliders where it saved any);
+* at a 1280 px window nothing scrolls sideways (outputs, code blocks, tables), and every figure is
+  shown at >= 75% of its natural width (figures are drawn for the column: ``repmlp_lite.viz``);
+* every chapter has exercises, each followed by its solution, and links to other chapters.
+
+The chapters are the notebooks listed in ``_toc.yml`` (:mod:`book_fixtures`), so a new chapter
+is checked without editing this file.
 
 A full-page screenshot of each page goes to ``_build/screenshots/<name>.png``.
 
@@ -42,6 +48,45 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic"]
 LOCAL_HOST = "127.0.0.1"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 TIMEOUT_MS = 60_000
+VIEWPORT = {"width": 1280, "height": 900}  # the window the layout checks are about
+MIN_DISPLAYED_FRACTION = 0.75  # a figure is shown at least this fraction of its natural width
+
+# Measured once the page has settled, in the 1280 px window:
+# * overflow: every output area, <pre>, table or table wrapper of the article whose content is
+#   wider than its box (it scrolls sideways), with both widths;
+# * figures: every visible <img> of the article, natural and displayed width;
+# * exercises: the sequence of exercise / hint / solution admonitions, in page order;
+# * links: the article's links (not the sidebars or the previous/next footer), resolved.
+LAYOUT_JS = """() => {
+    const article = document.querySelector('article.bd-article') || document.querySelector('main');
+    const describe = el => {
+        const cls = typeof el.className === 'string' ? el.className : '';
+        const text = (el.innerText || '').trim().replace(/\\s+/g, ' ').slice(0, 80);
+        return `<${el.tagName.toLowerCase()} class="${cls.slice(0, 60)}"> ${text}`;
+    };
+    const boxes = article.querySelectorAll(
+        '.cell_output, .cell_output .output, pre, table, .table-wrapper, .pst-scrollable-table-container');
+    const overflow = [];
+    for (const el of boxes) {
+        if (el.offsetParent === null) continue;  // not displayed (e.g. a closed dropdown)
+        if (el.scrollWidth > el.clientWidth + 1) {
+            overflow.push({what: describe(el), scrollWidth: el.scrollWidth, clientWidth: el.clientWidth});
+        }
+    }
+    const figures = [];
+    for (const img of article.querySelectorAll('img')) {
+        if (img.offsetParent === null || !img.naturalWidth) continue;
+        figures.push({src: (img.currentSrc || img.src).slice(0, 100), natural: img.naturalWidth,
+                      shown: img.getBoundingClientRect().width});
+    }
+    const exercises = Array.from(article.querySelectorAll('.admonition')).map(el =>
+        el.classList.contains('exercise') ? 'exercise' : el.classList.contains('solution') ? 'solution' :
+        el.classList.contains('hint') ? 'hint' : 'other').filter(k => k !== 'other');
+    const links = Array.from(article.querySelectorAll('a[href]'))
+        .filter(a => !a.closest('.prev-next-area, .prev-next-footer, nav'))
+        .map(a => a.href.split('#')[0]);
+    return {overflow, figures, exercises, links, width: article.clientWidth};
+}"""
 
 
 def _browser_missing() -> str | None:
@@ -106,6 +151,7 @@ class Visit:
     widget_views: int
     widgets_rendered: int
     sliders_rendered: int
+    layout: dict
     screenshot: Path
 
 
@@ -134,7 +180,7 @@ def _visit(browser, base_url: str, page_name: str) -> Visit:
     console_errors: list[str] = []
     page_errors: list[str] = []
 
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+    context = browser.new_context(viewport=VIEWPORT, service_workers="block")
     try:
 
         def route(r):
@@ -203,6 +249,7 @@ def _visit(browser, base_url: str, page_name: str) -> Visit:
         widgets_rendered = page.locator(".jupyter-widgets").count()
         sliders_rendered = page.locator(".widget-slider").count()
         widget_views = page.locator(f"script[type='application/vnd.jupyter.widget-view+json']").count()
+        layout = page.evaluate(LAYOUT_JS)
     finally:
         context.close()
 
@@ -225,6 +272,7 @@ def _visit(browser, base_url: str, page_name: str) -> Visit:
         widget_views=widget_views,
         widgets_rendered=widgets_rendered,
         sliders_rendered=sliders_rendered,
+        layout=layout,
         screenshot=screenshot,
     )
 
@@ -322,3 +370,78 @@ def test_some_chapter_has_widgets(visit):
     rendered = {p: visit(p).widgets_rendered for p in CHAPTERS if visit(p).has_widget_state}
     assert rendered, "no chapter saved any widget state"
     assert any(rendered.values()), f"widget state saved but nothing rendered: {rendered}"
+
+
+# --- layout at the book's width (every page; chapters: exercises and links) ------------------
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_nothing_scrolls_sideways(visit, page):
+    """No output, code block or table is wider than the column at a 1280 px window."""
+    v = visit(page)
+    wide = [f"{o['what']}: content {o['scrollWidth']} px in a {o['clientWidth']} px box" for o in v.layout["overflow"]]
+    assert not wide, f"{page}: {len(wide)} element(s) scroll sideways:\n" + "\n".join(wide)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_figures_shown_near_natural_size(visit, page):
+    """A figure shrunk below 75% of its drawn width has labels too small to read: draw it narrower."""
+    v = visit(page)
+    small = [
+        f"{f['src']}: {f['natural']} px drawn, shown at {f['shown']:.0f} px ({f['shown'] / f['natural']:.0%})"
+        for f in v.layout["figures"]
+        if f["shown"] < MIN_DISPLAYED_FRACTION * f["natural"]
+    ]
+    assert not small, (
+        f"{page}: figures shown below {MIN_DISPLAYED_FRACTION:.0%} of their natural width "
+        f"(the column is {v.layout['width']} px; draw at most COLUMN_WIDTH_IN):\n" + "\n".join(small)
+    )
+    if page in CHAPTERS:
+        assert v.layout["figures"], f"{page}: no visible figure measured"
+
+
+def _exercise_problems(sequence: list[str]) -> list[str]:
+    """What is wrong with a page's exercise/hint/solution sequence: each exercise needs a solution
+    after it and before the next exercise; a solution or hint belongs to the exercise before it."""
+    problems = []
+    current = None  # index of the open exercise, None before the first
+    solved = True
+    for kind in sequence:
+        if kind == "exercise":
+            if current is not None and not solved:
+                problems.append(f"exercise {current + 1} has no solution")
+            current = 0 if current is None else current + 1
+            solved = False
+        elif current is None:
+            problems.append(f"a {kind} before any exercise")
+        elif kind == "solution":
+            solved = True
+    if current is not None and not solved:
+        problems.append(f"exercise {current + 1} has no solution")
+    return problems
+
+
+def test_exercise_rule_catches_missing_solutions():
+    assert _exercise_problems(["exercise", "hint", "solution", "exercise", "solution"]) == []
+    assert _exercise_problems(["exercise", "hint", "exercise", "solution"]) == ["exercise 1 has no solution"]
+    assert _exercise_problems(["exercise"]) == ["exercise 1 has no solution"]
+    assert _exercise_problems(["solution", "exercise", "solution"]) == ["a solution before any exercise"]
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_every_exercise_has_a_solution(visit, page):
+    """Exercises are ``.admonition.exercise``, each followed by an ``.admonition.solution`` (COMMON.md)."""
+    sequence = visit(page).layout["exercises"]
+    assert "exercise" in sequence, f"{page}: no exercise (an admonition with :class: exercise)"
+    problems = _exercise_problems(sequence)
+    assert not problems, f"{page}: {problems} (admonitions in order: {sequence})"
+
+
+@pytest.mark.parametrize("page", CHAPTERS)
+def test_links_to_other_chapters(visit, page):
+    """A chapter's text links to at least one other chapter ({doc} references)."""
+    v = visit(page)
+    here = urljoin(v.url, "/" + page + ".html")
+    others = {urljoin(v.url, "/" + c + ".html") for c in CHAPTERS} - {here}
+    linked = sorted({link for link in v.layout["links"] if link in others})
+    assert linked, f"{page}: the text links to no other chapter"

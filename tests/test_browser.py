@@ -30,6 +30,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -85,7 +86,9 @@ LAYOUT_JS = """() => {
     const links = Array.from(article.querySelectorAll('a[href]'))
         .filter(a => !a.closest('.prev-next-area, .prev-next-footer, nav'))
         .map(a => a.href.split('#')[0]);
-    return {overflow, figures, exercises, links, width: article.clientWidth};
+    const h1 = article.querySelector('h1');
+    const title = h1 ? h1.textContent.trim() : '';
+    return {overflow, figures, exercises, links, title, width: article.clientWidth};
 }"""
 
 
@@ -430,9 +433,15 @@ def test_exercise_rule_catches_missing_solutions():
 
 @pytest.mark.parametrize("page", CHAPTERS)
 def test_every_exercise_has_a_solution(visit, page):
-    """Exercises are ``.admonition.exercise``, each followed by an ``.admonition.solution`` (COMMON.md)."""
-    sequence = visit(page).layout["exercises"]
-    assert "exercise" in sequence, f"{page}: no exercise (an admonition with :class: exercise)"
+    """Exercises are ``.admonition.exercise``, each followed by an ``.admonition.solution`` (COMMON.md).
+
+    Every numbered chapter (title "N. ..." or "Nb. ...") has at least one; an unnumbered page in
+    notebooks/ (an appendix) need not, but any exercise it has needs its solution too.
+    """
+    v = visit(page)
+    sequence = v.layout["exercises"]
+    if re.match(r"\d+[a-z]?\.", v.layout["title"]):  # a numbered chapter ("4. ..."), not an appendix
+        assert "exercise" in sequence, f"{page}: no exercise (an admonition with :class: exercise)"
     problems = _exercise_problems(sequence)
     assert not problems, f"{page}: {problems} (admonitions in order: {sequence})"
 

@@ -1,7 +1,7 @@
 """Figures of chapter 4: the RepMLP block's data flow, and how a feature map is cut into partitions.
 
 * :func:`block_diagram`: the training-time block (global, partition and local perceptrons)
-  next to its inference-time form (FC1, FC2, one FC3), every box labelled with the real
+  above its inference-time form (FC1, FC2, one FC3), one column wide, every box labelled with the real
   sizes of a given :class:`~repmlp_lite.block.RepMLPBlock`.
 * :func:`partition_diagram`: an ``H x W`` map of numbered pixels cut into ``h x w``
   partitions by :func:`~repmlp_lite.block.partition`, and the stack of partitions it returns.
@@ -215,7 +215,7 @@ def _draw_deployed(ax: Axes, block: RepMLPBlock) -> None:
 
 
 def block_diagram(block: RepMLPBlock) -> Figure:
-    """The data flow of ``block`` at training time (left) and after ``switch_to_deploy()`` (right).
+    """The data flow of ``block`` at training time (top) and after ``switch_to_deploy()`` (bottom).
 
     Boxes are labelled with the block's real sizes (``C``, ``O``, ``H``, ``W``, ``h``, ``w``, ``g``,
     FC1's hidden size, the conv kernel sizes). ``N`` is the batch size.

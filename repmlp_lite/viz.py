@@ -31,9 +31,10 @@ from matplotlib.patches import Rectangle
 from ._checks import check_divisible, check_positive
 from .conv_as_fc import conv_output_size, conv_to_fc, grouped_to_dense
 
-# The book's one figure style. Figures are drawn for the content column of the HTML book (about
-# 690 px at a 1280 px window): COLUMN_WIDTH_IN inches at FIGURE_DPI, so a figure is shown at its natural
-# size and a 9 pt label is about 12 px on screen. Chapters call use_book_style() in their setup cell.
+# The book's one figure style. Figures are drawn for the content column of the HTML book (688 px
+# at a 1280 px window, measured by tests/test_browser.py): COLUMN_WIDTH_IN inches at FIGURE_DPI, so
+# a figure is shown at its natural size and a 9 pt label is about 12 px on screen. Chapters call
+# use_book_style() in their setup cell.
 FIGURE_DPI = 100
 COLUMN_WIDTH_IN = 6.8
 BOOK_STYLE: dict[str, object] = {

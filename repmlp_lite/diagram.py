@@ -130,7 +130,10 @@ def _draw_training(ax: Axes, block: RepMLPBlock) -> None:
         steps = [
             ("train:pool", f"AvgPool h×w = {h}×{w}\n→ (N, {C}, {hp}, {wp})"),
             ("train:global_bn", f"BN2d(C = {C})"),
-            ("train:fc1", f"FC1: {gp.fc1.in_features} → {gp.fc1.out_features}\n(hidden = C·H/h·W/w\n÷ FC1 reduction)"),
+            (
+                "train:fc1",
+                f"FC1: {gp.fc1.in_features} → {gp.fc1.out_features}\n(hidden = C·H/h·W/w\n÷ FC1 reduction)",
+            ),
             ("train:relu", "ReLU"),
             ("train:fc2", f"FC2: {gp.fc2.in_features} → {gp.fc2.out_features}\n→ (N, {C}, {hp}, {wp})"),
         ]
@@ -237,7 +240,8 @@ def block_diagram(block: RepMLPBlock) -> Figure:
     for ax, title in [(left, "training time"), (right, "inference time (after switch_to_deploy())")]:
         ax.set_axis_off()
         ax.set_title(title, fontsize=FONT_SIZE + 3)
-    fig.add_artist(plt.Line2D([0, 1], [top_y - 0.3 * title_height / height] * 2, color="#999999", linewidth=0.8, linestyle="--"))
+    separator_y = top_y - 0.3 * title_height / height  # between the deployed panel and the title above it
+    fig.add_artist(plt.Line2D([0, 1], [separator_y] * 2, color="#999999", linewidth=0.8, linestyle="--"))
     _draw_training(left, block)
     _draw_deployed(right, block)
     handles = [Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in LEGEND.items()]

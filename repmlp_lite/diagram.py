@@ -240,7 +240,7 @@ def block_diagram(block: RepMLPBlock) -> Figure:
     for ax, title in [(left, "training time"), (right, "inference time (after switch_to_deploy())")]:
         ax.set_axis_off()
         ax.set_title(title, fontsize=FONT_SIZE + 3)
-    separator_y = top_y - 0.3 * title_height / height  # between the deployed panel and the title above it
+    separator_y = top_y - 0.3 * title_height / height  # between the training panel and the title below it
     fig.add_artist(plt.Line2D([0, 1], [separator_y] * 2, color="#999999", linewidth=0.8, linestyle="--"))
     _draw_training(left, block)
     _draw_deployed(right, block)

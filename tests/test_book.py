@@ -66,6 +66,23 @@ def test_every_built_chapter_is_checked(built_book):
     assert built == sorted(CHAPTERS), f"built chapter pages {built}, checked {CHAPTERS}"
 
 
+CODE_COLUMN = 88  # characters: book/_css/book.css sizes the code font so that this many fit
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_code_lines_fit_the_code_column(chapter):
+    """No code line is wider than the book's code column (it would scroll sideways)."""
+    cells = json.loads((REPO / f"{chapter}.ipynb").read_text(encoding="utf-8"))["cells"]
+    long = [
+        f"cell {i}: {len(line)} chars: {line[:60]}..."
+        for i, cell in enumerate(cells)
+        if cell["cell_type"] == "code"
+        for line in "".join(cell["source"]).splitlines()
+        if len(line) > CODE_COLUMN
+    ]
+    assert not long, f"{chapter}: code lines over {CODE_COLUMN} characters:\n" + "\n".join(long)
+
+
 def test_config_executes_offline_with_local_assets():
     config = yaml.safe_load((REPO / "_config.yml").read_text())
     assert config["execute"]["execute_notebooks"] == "force"

@@ -13,8 +13,10 @@ separate channels and thick black lines separate groups.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import ipywidgets as widgets
@@ -23,7 +25,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from collections.abc import Callable, Sequence
 from IPython.display import Image, clear_output, display
 from ipywidgets.widgets.widget_string import HTMLStyle
 from matplotlib.axes import Axes
@@ -498,6 +499,16 @@ KERNEL_CHOICES: dict[str, tuple[int | str, ...]] = {
 _PALETTE_COLORS = 256  # palette PNGs: a third of the bytes of RGBA ones for these pictures
 
 
+@contextlib.contextmanager
+def _book_defaults() -> Iterator[None]:
+    """Matplotlib's defaults plus :data:`BOOK_STYLE`, whatever the caller set (e.g. Jupyter's inline
+    backend makes figures transparent): the static explorers' pictures are the same bytes everywhere."""
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()  # keeps the backend
+        use_book_style()
+        yield
+
+
 def explorer_png(kernel_size: int, groups: int, padding: int | str, hw: int, channels: int) -> bytes:
     """The PNG :func:`static_kernel_explorer` shows for one setting (byte for byte).
 
@@ -505,8 +516,11 @@ def explorer_png(kernel_size: int, groups: int, padding: int | str, hw: int, cha
     ``"same"`` or an int), as a palette PNG at most the column wide. Raises ``ValueError`` for a
     combination no conv has.
     """
-    fig, _ = explorer_figure(kernel_size, None if padding == "same" else int(padding), groups, hw, hw, channels, channels)
-    return _png(fig, colors=_PALETTE_COLORS)
+    with _book_defaults():
+        fig, _ = explorer_figure(
+            kernel_size, None if padding == "same" else int(padding), groups, hw, hw, channels, channels
+        )
+        return _png(fig, colors=_PALETTE_COLORS)
 
 
 def _nested_stacks(
@@ -566,6 +580,7 @@ def static_explorer(
     # style between all the pictures' widgets: the saved state is then mostly the PNGs.
     nesting = sorted(names, key=lambda name: len(choices[name]))
     layout, style = widgets.Layout(), HTMLStyle()
+    image_layout = widgets.Layout(align_self="flex-start")  # natural size, not stretched to the box
 
     def leaf(values: tuple[object, ...]) -> widgets.Widget:
         setting = {name: dict(zip(nesting, values))[name] for name in names}
@@ -574,7 +589,7 @@ def static_explorer(
         except ValueError as error:
             message = f"<b>{html.escape(invalid)}:</b> {html.escape(str(error))}"
             return widgets.HTML(message, layout=layout, style=style)
-        image = widgets.Image(value=png, format="png", layout=layout)
+        image = widgets.Image(value=png, format="png", layout=image_layout)
         image.add_class(setting_class(css_prefix, setting))
         text = widgets.HTML(html.escape(caption), layout=layout, style=style)
         return widgets.VBox([text, image], layout=layout)
@@ -585,7 +600,7 @@ def static_explorer(
     for name in names:
         stacks = stacks_of[name]
         options = [(str(value), value) for value in choices[name]]
-        control = widgets.ToggleButtons(options=options, value=defaults[name], style={"button_width": "52px"})
+        control = widgets.ToggleButtons(options=options, value=defaults[name], style={"button_width": "64px"})
         control.add_class(f"{css_prefix}-{name}")
         for stack in stacks:
             stack.selected_index = control.index
@@ -645,11 +660,12 @@ def partition_png(H: int, W: int, h: int, w: int) -> bytes:
     """
     from .diagram import partition_diagram  # diagram imports the block; keep viz light to import
 
-    fig = partition_diagram(H, W, h, w)
-    try:
-        return _png(fig, colors=_PALETTE_COLORS)
-    finally:
-        plt.close(fig)
+    with _book_defaults():
+        fig = partition_diagram(H, W, h, w)
+        try:
+            return _png(fig, colors=_PALETTE_COLORS)
+        finally:
+            plt.close(fig)
 
 
 def static_partition_explorer(choices: dict[str, Sequence[int]] | None = None) -> widgets.VBox:

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from IPython.display import Image, clear_output, display
-from ipywidgets.widgets.widget_string import HTMLStyle
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -35,6 +34,14 @@ from PIL import Image as PILImage
 
 from ._checks import check_divisible, check_positive
 from .conv_as_fc import conv_output_size, conv_to_fc, grouped_to_dense
+
+# ipywidgets 8 has Stack and HTMLStyle; ipywidgets 7 (still the default in some hosted notebooks)
+# has neither: a Tab (whose selected_index works the same, with a tab bar) and the description style.
+_Stack = getattr(widgets, "Stack", widgets.Tab)
+try:
+    from ipywidgets.widgets.widget_string import HTMLStyle as _HTMLStyle
+except ImportError:  # ipywidgets 7
+    _HTMLStyle = widgets.DescriptionStyle
 
 # The book's one figure style. Figures are drawn for the content column of the HTML book (about
 # 690 px at a 1280 px window): COLUMN_WIDTH_IN inches at FIGURE_DPI, so a figure is shown at its natural
@@ -528,7 +535,7 @@ def _nested_stacks(
     leaf: Callable[[tuple[object, ...]], widgets.Widget],
     layout: widgets.Layout,
     chosen: tuple = (),
-) -> tuple[widgets.Widget, list[list[widgets.Stack]]]:
+) -> tuple[widgets.Widget, list[list[widgets.Box]]]:
     """A tree of ``Stack`` s, one level per entry of ``choices``, with ``leaf(setting)`` at the bottom.
 
     Returns the root and, per level, all the stacks of that level (to link to that level's control).
@@ -542,7 +549,7 @@ def _nested_stacks(
         children.append(child)
         for level, stacks in zip(levels, below):
             level.extend(stacks)
-    stack = widgets.Stack(children, selected_index=0, layout=layout)
+    stack = _Stack(children, selected_index=0, layout=layout)
     return stack, [[stack], *levels]
 
 
@@ -579,7 +586,7 @@ def static_explorer(
     # Nest the longest choice lists innermost (fewest stacks), and share one layout and one
     # style between all the pictures' widgets: the saved state is then mostly the PNGs.
     nesting = sorted(names, key=lambda name: len(choices[name]))
-    layout, style = widgets.Layout(), HTMLStyle()
+    layout, style = widgets.Layout(), _HTMLStyle()
     image_layout = widgets.Layout(align_self="flex-start")  # natural size, not stretched to the box
 
     def leaf(values: tuple[object, ...]) -> widgets.Widget:

@@ -665,7 +665,7 @@ def partition_png(H: int, W: int, h: int, w: int) -> bytes:
     :func:`repmlp_lite.diagram.partition_diagram` as a palette PNG at most the column wide; the
     figure is closed afterwards. Raises ``ValueError`` when ``h``, ``w`` do not divide ``H``, ``W``.
     """
-    from .diagram import partition_diagram  # diagram imports the block; keep viz light to import
+    from .diagram import partition_diagram  # here, not at the top: diagram may come to use viz
 
     with _book_defaults():
         fig = partition_diagram(H, W, h, w)

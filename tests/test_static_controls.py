@@ -1,0 +1,350 @@
+"""Controls that move in the static HTML book, with no kernel: chapter 2's kernel explorer, chapter 4's partitions.
+
+The explorers (:func:`repmlp_lite.viz.static_kernel_explorer`, :func:`~repmlp_lite.viz.static_partition_explorer`)
+draw every picture when the chapter runs and switch between them with ``jslink`` ed toggle buttons. Checked here:
+
+* in Python: following the links from each control to its stacks reaches, for every setting, the picture
+  :func:`~repmlp_lite.viz.explorer_png` / :func:`~repmlp_lite.viz.partition_png` draws for it (or the
+  package's error message), and the PNGs are deterministic and no wider than the book's column;
+* in the built page (Chromium, driven by Playwright, served on 127.0.0.1 only): clicking through every
+  value of every control of chapter 2 changes the shown picture to the very bytes the package draws for
+  that setting (an error message where the package refuses the setting); the same for chapter 4; no
+  console error and no request leaving 127.0.0.1. A screenshot of each chapter-2 state the test visits is
+  saved as ``_build/screenshots/02_explorer_<setting>.png``.
+
+The browser part uses the book built by ``book_fixtures`` (``REUSE_BOOK_BUILD=1`` checks an existing
+``_build/html``). Where Chromium or Playwright is missing it is skipped, unless ``REQUIRE_BROWSER=1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import http.server
+import io
+import os
+import re
+import threading
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import ipywidgets as widgets  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+
+from ipywidgets.widgets.widget import _instances as widget_registry  # noqa: E402
+
+from repmlp_lite import viz  # noqa: E402
+
+try:  # tests/ is not a package: pytest puts it on sys.path
+    from book_fixtures import SCREENSHOT_DIR, built_book, page_path
+except ImportError:  # pragma: no cover - if tests/ becomes a package
+    from .book_fixtures import SCREENSHOT_DIR, built_book, page_path
+
+__all__ = ["built_book"]  # the fixture, imported so that pytest registers it here
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+LOCAL_HOST = "127.0.0.1"
+TIMEOUT_MS = 60_000
+COLUMN_PX = int(viz.COLUMN_WIDTH_IN * viz.FIGURE_DPI)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- in Python: the widget tree -------------------------------------------------------------
+
+
+def _links_from(control: widgets.Widget) -> list[widgets.Stack]:
+    """The stacks whose ``selected_index`` is jslinked to ``control.index`` (from ipywidgets' registry)."""
+    stacks = []
+    for link in list(widget_registry.values()):
+        if isinstance(link, widgets.widgets.widget_link.Link) and link.source == (control, "index"):
+            assert link.target[1] == "selected_index"
+            stacks.append(link.target[0])
+    return stacks
+
+
+def _controls(box: widgets.VBox) -> dict[str, widgets.ToggleButtons]:
+    rows = box.children[:-1]
+    found = {}
+    for row in rows:
+        label, control = row.children
+        assert isinstance(control, widgets.ToggleButtons)
+        name = next(c for c in control._dom_classes)
+        found[name] = control
+    return found
+
+
+def _shown(box: widgets.VBox, controls: dict[str, widgets.ToggleButtons], setting: dict) -> widgets.Widget:
+    """Emulate the browser's links for ``setting`` and return the leaf the stacks then show."""
+    for control in controls.values():
+        stacks = _links_from(control)
+        assert stacks, "a control linked to no stack"
+        control_value = setting[control._dom_classes[0].split("-", 1)[1]]
+        control.value = control_value
+        for stack in stacks:
+            stack.selected_index = control.index  # what the jslink does in the browser
+    node = box.children[-1]
+    while isinstance(node, widgets.Stack):
+        node = node.children[node.selected_index]
+    return node
+
+
+def _all_settings(choices: dict) -> list[dict]:
+    settings = [{}]
+    for name, values in choices.items():
+        settings = [{**s, name: v} for s in settings for v in values]
+    return settings
+
+
+def _check_tree(box, choices, draw, prefix):
+    controls = _controls(box)
+    assert len(controls) == len(choices)
+    pictures = errors = 0
+    for setting in _all_settings(choices):
+        leaf = _shown(box, controls, setting)
+        try:
+            expected = draw(**setting)
+        except ValueError as error:
+            assert isinstance(leaf, widgets.HTML) and str(error).split(":")[0][:20] in leaf.value.replace("&#x27;", "'")
+            errors += 1
+            continue
+        image = leaf.children[1]
+        assert isinstance(image, widgets.Image)
+        assert viz.setting_class(prefix, setting) in image._dom_classes
+        assert image.value == expected, f"{setting}: the stacks show another picture"
+        pictures += 1
+    return pictures, errors
+
+
+def test_kernel_explorer_tree_reaches_the_package_picture_for_every_setting():
+    choices = {"kernel_size": (1, 3), "groups": (1, 2), "padding": ("same", 0), "hw": (3,), "channels": (2, 4)}
+    box = viz.static_kernel_explorer(choices)
+    pictures, errors = _check_tree(box, choices, viz.explorer_png, "kx")
+    assert pictures == 16 and errors == 0
+    # an impossible setting shows the error, not a picture
+    box = viz.static_kernel_explorer({**choices, "groups": (4,), "channels": (2,), "kernel_size": (3,)})
+    pictures, errors = _check_tree(box, {**choices, "groups": (4,), "channels": (2,), "kernel_size": (3,)},
+                                   viz.explorer_png, "kx")
+    assert (pictures, errors) == (0, 2)
+
+
+def test_partition_explorer_tree():
+    choices = {"H": (4, 6), "W": (6,), "h": (2, 3), "w": (3,)}
+    box = viz.static_partition_explorer(choices)
+    assert _check_tree(box, choices, viz.partition_png, "px") == (3, 1)  # H=4, h=3 does not tile
+
+
+def test_pictures_are_deterministic_and_fit_the_column():
+    first, second = viz.explorer_png(5, 2, "same", 6, 4), viz.explorer_png(5, 2, "same", 6, 4)
+    assert first == second
+    assert first != viz.explorer_png(5, 2, 0, 6, 4)
+    for png in (first, viz.partition_png(8, 8, 2, 2)):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert PILImage.open(io.BytesIO(png)).width <= COLUMN_PX
+
+
+def test_pictures_ignore_the_callers_matplotlib_settings():
+    # Jupyter's inline backend makes figures transparent and sets its own font size and dpi: the
+    # pictures drawn in a notebook must still be the bytes drawn anywhere else.
+    expected = viz.explorer_png(3, 1, "same", 4, 2), viz.partition_png(6, 6, 3, 2)
+    inline = {"figure.facecolor": (1, 1, 1, 0), "font.size": 10, "figure.dpi": 72, "figure.figsize": (6, 4)}
+    with matplotlib.rc_context(inline):
+        assert (viz.explorer_png(3, 1, "same", 4, 2), viz.partition_png(6, 6, 3, 2)) == expected
+
+
+def test_embedded_size_is_counted():
+    box = viz.static_partition_explorer({"H": (4,), "W": (4,), "h": (2, 3), "w": (2,)})
+    count, total = viz.embedded_png_bytes(box)
+    assert count == 1 and total == len(viz.partition_png(4, 4, 2, 2))
+
+
+# --- in the built book ----------------------------------------------------------------------
+
+
+def _browser_missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} not found (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        return f"playwright is not importable ({exc})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    missing = _browser_missing()
+    if missing:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"REQUIRE_BROWSER=1 but the browser is unavailable: {missing}", pytrace=False)
+        pytest.skip(f"browser checks skipped: {missing}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-quic"]
+        )
+        yield chromium
+        chromium.close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(built_book):
+    handler = functools.partial(_QuietHandler, directory=str(built_book))
+    httpd = http.server.ThreadingHTTPServer((LOCAL_HOST, 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://{LOCAL_HOST}:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _is_local(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("data", "blob", "about") or parts.hostname == LOCAL_HOST
+
+
+class Page:
+    """One chapter page in Chromium, with its console errors and outside requests recorded."""
+
+    def __init__(self, browser, url: str):
+        self.outside: list[str] = []
+        self.errors: list[str] = []
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+
+        def route(r):
+            if _is_local(r.request.url):
+                r.continue_()
+            else:
+                self.outside.append(r.request.url)
+                r.abort()
+
+        self.context.route("**/*", route)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on("request", lambda req: None if _is_local(req.url) else self.outside.append(req.url))
+        self.page.goto(url, wait_until="load")
+        self.page.wait_for_load_state("networkidle")
+
+    def shown_picture(self, css_prefix: str):
+        """``(class list, PNG bytes)`` of the one picture shown in the explorer, or ``(None, error text)``."""
+        box = self.page.locator(f".{css_prefix}")
+        images = box.locator("img.widget-image")
+        visible = [images.nth(i) for i in range(images.count()) if images.nth(i).is_visible()]
+        if not visible:
+            texts = [t for t in box.locator(".widget-html-content").all_inner_texts() if "Not a valid" in t]
+            return None, " ".join(texts)
+        assert len(visible) == 1, f"{len(visible)} pictures shown at once"
+        data = visible[0].evaluate(
+            """async img => {
+                const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+                let s = ''; for (const b of bytes) s += String.fromCharCode(b); return btoa(s);
+            }"""
+        )
+        return visible[0].get_attribute("class").split(), base64.b64decode(data)
+
+    def choose(self, css_prefix: str, name: str, value) -> None:
+        buttons = self.page.locator(f".{css_prefix}-{name} button")
+        buttons.filter(has_text=re.compile(rf"^\s*{re.escape(str(value))}\s*$")).first.click()
+
+    def close(self):
+        self.context.close()
+
+
+def _walk(settings: dict, choices: dict) -> list[tuple[str, object]]:
+    """Every value of every control, one control at a time, ending each control back at its default."""
+    steps = []
+    for name, values in choices.items():
+        for value in [*[v for v in values if v != settings[name]], settings[name]]:
+            steps.append((name, value))
+    return steps
+
+
+def _label(setting: dict) -> str:
+    return "_".join(f"{name}{value}" for name, value in setting.items())
+
+
+def _click_through(page: Page, prefix: str, choices: dict, defaults: dict, draw, screenshots: bool):
+    setting = dict(defaults)
+    classes, shown = page.shown_picture(prefix)
+    assert classes and viz.setting_class(prefix, setting) in classes
+    assert shown == draw(**setting), f"default {setting}: not the package's picture"
+    visited, previous = [], shown
+    for name, value in _walk(defaults, choices):
+        page.choose(prefix, name, value)
+        setting[name] = value
+        try:
+            expected = draw(**setting)
+        except ValueError as error:
+            expected, message = None, str(error)
+        if expected is None:
+            page.page.wait_for_function(
+                f"() => Array.from(document.querySelectorAll('.{prefix} .widget-html-content'))"
+                ".some(e => e.offsetParent !== null && e.innerText.includes('Not a valid'))"
+            )
+            classes, shown = page.shown_picture(prefix)
+            assert classes is None and message.split(":")[0] in shown, f"{setting}: expected the error, got {shown!r}"
+        else:
+            wanted = viz.setting_class(prefix, setting)
+            page.page.locator(f"img.{wanted}").wait_for(state="visible")
+            classes, shown = page.shown_picture(prefix)
+            assert wanted in classes, f"{setting}: the picture shown is {classes}"
+            assert shown == expected, f"{setting}: the shown bytes are not the package's picture"
+            assert shown != previous, f"{setting}: the picture did not change"
+            previous = shown
+        visited.append(dict(setting))
+        if screenshots:
+            SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+            shot = SCREENSHOT_DIR / f"02_explorer_{_label(setting)}.png"
+            page.page.locator(f".{prefix}").screenshot(path=str(shot))
+    return visited
+
+
+def test_chapter2_explorer_moves_in_the_static_page(browser, site):
+    page = Page(browser, urljoin(site, "notebooks/02_seeing_the_kernel.html"))
+    try:
+        page.page.locator(".kx img.widget-image").first.wait_for(state="visible")
+        defaults = {"kernel_size": 3, "groups": 1, "padding": "same", "hw": 4, "channels": 2}
+        visited = _click_through(page, "kx", viz.KERNEL_CHOICES, defaults, viz.explorer_png, screenshots=True)
+        assert len(visited) == sum(len(v) for v in viz.KERNEL_CHOICES.values())
+        assert not page.errors, "\n".join(page.errors)
+        assert not page.outside, f"requests outside {LOCAL_HOST}: {page.outside}"
+    finally:
+        page.close()
+    for setting in visited:
+        shot = SCREENSHOT_DIR / f"02_explorer_{_label(setting)}.png"
+        assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
+
+
+def test_chapter4_partitions_move_in_the_static_page(browser, site):
+    page = Page(browser, urljoin(site, "notebooks/04_repmlp_block.html"))
+    try:
+        page.page.locator(".px img.widget-image").first.wait_for(state="visible")
+        defaults = {"H": 8, "W": 8, "h": 4, "w": 4}
+        _click_through(page, "px", viz.PARTITION_CHOICES, defaults, viz.partition_png, screenshots=False)
+        assert not page.errors, "\n".join(page.errors)
+        assert not page.outside, f"requests outside {LOCAL_HOST}: {page.outside}"
+    finally:
+        page.close()
+
+
+def test_chapter2_page_weight(built_book):
+    """The embedded pictures stay under 3 MB of the page (README states the measured size)."""
+    html = page_path("notebooks/02_seeing_the_kernel").read_text(encoding="utf-8")
+    state = re.search(r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>', html, re.S)
+    assert state, "chapter 2 saved no widget state"
+    assert len(state.group(1).encode()) < 3 * 1024 * 1024

@@ -56,8 +56,10 @@ def train(
     lr: float = 0.05,
     seed: int = 0,
     desc: str = "train",
+    progress: bool = True,
 ) -> History:
-    """SGD with momentum and a cosine schedule; cross-entropy; one tqdm bar over all steps.
+    """SGD with momentum and a cosine schedule; cross-entropy; one tqdm bar over all steps
+    (``progress=False``: none).
 
     ``model`` is moved to ``device`` and trained in place.
     """
@@ -72,7 +74,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
     history = History()
-    with tqdm(total=epochs * len(loader), desc=desc) as bar:
+    with tqdm(total=epochs * len(loader), desc=desc, disable=not progress) as bar:
         for _ in range(epochs):
             model.train()
             total = 0.0

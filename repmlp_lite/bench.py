@@ -525,6 +525,32 @@ def repmlpnet_table(
     return rows
 
 
+# The authors' README (DingXiaoH/RepMLP): parameters (M, training form) and FLOPs (G multiply-adds).
+REPMLPNET_README = {
+    "repmlpnet_t224": (38.3, 2.8), "repmlpnet_b224": (68.2, 6.7), "repmlpnet_t256": (58.7, 4.2),
+    "repmlpnet_b256": (96.5, 9.6), "repmlpnet_d256": (86.9, 8.6), "repmlpnet_l256": (117.7, 11.5),
+}
+
+
+def repmlpnet_count_table() -> list[dict[str, Any]]:
+    """The six zoo RepMLPNets counted on the meta device (no memory, no arithmetic): parameters of the
+    training form and multiply-adds of the deployed form at batch 1, next to the README's figures;
+    ``*_match``: ours, rounded to the README's one decimal, prints the same."""
+    rows = []
+    for name, (params_m, gmacs) in REPMLPNET_README.items():
+        resolution = int(name[-3:])
+        with torch.device("meta"):
+            model = create_model(name)
+            params = count_parameters(model)
+            macs = count_flops(deploy(model), torch.empty(1, 3, resolution, resolution)) // 2
+        rows.append({
+            "model": name, "params_M": params / 1e6, "readme_params_M": params_m,
+            "params_match": f"{params / 1e6:.1f}" == f"{params_m:.1f}",
+            "GMACs": macs / 1e9, "readme_GMACs": gmacs, "macs_match": f"{macs / 1e9:.1f}" == f"{gmacs:.1f}",
+        })
+    return rows
+
+
 # ---- the command line ------------------------------------------------------------------------------
 
 # Columns printed per table (all columns go to the CSV): ratios first, then the times behind them.

@@ -164,19 +164,26 @@ class RepMLPNetBlock(nn.Module):
         return out * gate
 
     @torch.no_grad()
-    def merged_fc3(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Locality Injection: FC3+BN plus every conv+BN branch as one FC3 ``(S*h*w, h*w)`` with bias ``(S*h*w,)``."""
+    def injection_parts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Each branch as an FC3-shaped ``(weight (S*h*w, h*w), bias (S*h*w,))``: ``"fc3"`` (FC3 with its
+        BN folded in) and ``"conv1"``, ``"conv3"``, ... (conv+BN through :func:`conv_to_fc`). Their sum
+        is the merged FC3 (:meth:`merged_fc3`)."""
         if self.deployed or self.fc3_bn is None or self.local_perceptron is None:
             raise _already_merged("the block")
         hw = self.h * self.w
         scale, shift = bn_scale_shift(self.fc3_bn)
-        weight = self.fc3_weight * scale.repeat_interleave(hw)[:, None]
-        bias = shift.repeat_interleave(hw)
-        for branch in self.local_perceptron.values():
+        parts = {"fc3": (self.fc3_weight * scale.repeat_interleave(hw)[:, None], shift.repeat_interleave(hw))}
+        for name, branch in self.local_perceptron.items():
             kernel, conv_bias = branch.fused()  # (S, 1, K, K), (S,)
-            weight = weight + conv_to_fc(kernel, self.h, self.w, groups=self.sets)
-            bias = bias + conv_bias_to_fc(conv_bias, self.h, self.w)
-        return weight, bias
+            parts[name] = (
+                conv_to_fc(kernel, self.h, self.w, groups=self.sets), conv_bias_to_fc(conv_bias, self.h, self.w)
+            )
+        return parts
+
+    def merged_fc3(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Locality Injection: FC3+BN plus every conv+BN branch as one FC3 ``(S*h*w, h*w)`` with bias ``(S*h*w,)``."""
+        weights, biases = zip(*self.injection_parts().values())
+        return torch.stack(weights).sum(0), torch.stack(biases).sum(0)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:

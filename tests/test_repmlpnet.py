@@ -289,3 +289,65 @@ def test_load_official(injected):
     bad.pop("head.weight")
     with pytest.raises(ValueError, match="missing 'head.weight'"):
         load_official(model, bad)
+
+
+# ---- figure, ablation, data ---------------------------------------------------------------------
+
+
+def test_block_diagram_fits_the_column_and_names_every_branch():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from repmlp_lite.diagram import repmlpnet_block_diagram
+    from repmlp_lite.viz import COLUMN_WIDTH_IN
+
+    block = RepMLPNetBlock(32, 8, 8, 4, (1, 3))
+    fig = repmlpnet_block_diagram(block, 16, 16)
+    assert fig.get_figwidth() <= COLUMN_WIDTH_IN
+    texts = {t.get_gid(): t.get_text() for ax in fig.axes for t in ax.texts}
+    assert {"net:fc3", "net:conv1", "net:conv3", "net:multiply", "netdeploy:fc3"} <= set(texts)
+    assert "(N·4·8, S=4, 8, 8)" in texts["net:partition"]
+    assert "net:conv1" not in {t.get_gid() for t in fig.axes[1].texts}
+    block.switch_to_deploy()
+    with pytest.raises(ValueError, match="before switch_to_deploy"):
+        repmlpnet_block_diagram(block, 16, 16)
+    with pytest.raises(ValueError, match="H=12 must be divisible by h=8"):
+        repmlpnet_block_diagram(RepMLPNetBlock(32, 8, 8, 4), 12, 16)
+
+
+def test_digits_on_canvas():
+    from repmlp_lite.data import load_digits_on_canvas
+
+    data = load_digits_on_canvas(canvas_size=20, digit_size=8, train_size=100)
+    x, _ = data.train.tensors
+    assert x.shape == (100, 1, 20, 20) and len(data.test) == int(1797 * 0.25)
+    ink = x > x.min()  # the empty canvas is one value (0, standardised), ink lies above it
+    assert not ink[:, :, :1, :1].all()
+    tops = ink.any(dim=3)[:, 0].float().argmax(dim=1)  # first row with ink, per image
+    lefts = ink.any(dim=2)[:, 0].float().argmax(dim=1)
+    assert len(set(tops.tolist())) > 3 and len(set(lefts.tolist())) > 3  # digits sit at different places
+    assert int(ink.any(dim=3).sum(dim=2).max()) <= 8  # each digit spans at most digit_size rows
+    with pytest.raises(ValueError, match="digit_size=30 must be at most canvas_size=20"):
+        load_digits_on_canvas(canvas_size=20, digit_size=30)
+
+
+def test_locality_ablation_runs_and_merges():
+    from repmlp_lite import ablation
+
+    settings = ablation.AblationSettings(seeds=(0, 1), epochs=1, train_size=64)
+    results = ablation.locality_ablation(settings)
+    assert len(results) == 4 and results["same_predictions"].all()
+    summary = ablation.summarize(results)
+    assert list(summary["count"]) == [2, 2]
+    assert ablation.ablation_settings(full=True).train_size is None
+    assert len(ablation.ablation_settings(full=True).seeds) >= 5
+    assert len(ablation.ablation_settings(full=False).seeds) >= 5
+
+
+def test_count_table_matches_the_readme_for_t224_and_b224():
+    from repmlp_lite.bench import repmlpnet_count_table
+
+    rows = {row["model"]: row for row in repmlpnet_count_table()}
+    assert len(rows) == 6
+    for name in ("repmlpnet_t224", "repmlpnet_b224"):
+        assert rows[name]["params_match"] and rows[name]["macs_match"]

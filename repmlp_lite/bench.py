@@ -489,7 +489,8 @@ def repmlpnet_table(
     rows = []
     for batch in (1,) if quick else (1, 8):
         x = torch.randn(batch, 3, 224, 224, device=device)
-        times = interleaved_ms({"train": train_form, "deployed": merged, "deployed_conv": merged_conv}, x, rounds, min_run_time)
+        fns = {"train": train_form, "deployed": merged, "deployed_conv": merged_conv}
+        times = interleaved_ms(fns, x, rounds, min_run_time)
         ms = median_ms(times)
         rows.append({
             "table": "repmlpnet",
@@ -614,7 +615,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (default 3)")
     parser.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (default 0.1)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--repmlpnet", action="store_true", help="also time RepMLPNet-B224 (training vs deployed, FC3 conv vs matmul)")
+    parser.add_argument(
+        "--repmlpnet", action="store_true", help="also time RepMLPNet-B224 (training vs deployed, FC3 conv vs matmul)"
+    )
     parser.add_argument("--repmlpnet-only", action="store_true", help="time RepMLPNet-B224 only")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -365,7 +365,8 @@ def _draw_net_training(ax: Axes, block: RepMLPNetBlock, H: int, W: int) -> None:
     _arrow(ax, pool, fc1)
     _arrow(ax, fc1, fc2)
     parts = _box(
-        ax, "net:partition", main_x, _row(1.2, rows), f"partition, C into sets\n→ (N·{P}·{C // S}, S={S}, {h}, {w})", "data"
+        ax, "net:partition", main_x, _row(1.2, rows),
+        f"partition, C into sets\n→ (N·{P}·{C // S}, S={S}, {h}, {w})", "data",
     )
     _arrow(ax, x_in, parts)
     kernels = [branch.conv.kernel_size[0] for branch in block.local_perceptron.values()]

@@ -202,7 +202,9 @@ class RepMLPNetBlock(nn.Module):
 class ConvBNAct(nn.Module):
     """Conv (no bias) + BN + an activation; deployed: one conv with bias + the activation."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, act: nn.Module | None = None):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, act: nn.Module | None = None
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, bias=False)
         self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(out_channels)

@@ -79,7 +79,8 @@ def test_fc3_as_grouped_conv_equals_batched_matmul(sets):
     rows = torch.randn(5, sets * 6, dtype=torch.float64)
     weight = torch.randn(sets * 6, 6, dtype=torch.float64)
     bias = torch.randn(sets * 6, dtype=torch.float64)
-    assert torch.allclose(fc3_forward(rows, weight, bias, sets, "conv"), fc3_forward(rows, weight, bias, sets), atol=1e-12)
+    as_conv = fc3_forward(rows, weight, bias, sets, "conv")
+    assert torch.allclose(as_conv, fc3_forward(rows, weight, bias, sets), atol=1e-12)
     with pytest.raises(ValueError, match="impl must be"):
         fc3_forward(rows, weight, bias, sets, "fft")  # type: ignore[arg-type]
 

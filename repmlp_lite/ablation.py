@@ -81,6 +81,12 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(["mean", "std", "min", "max", "count"])
 
 
+def seeds_won(results: pd.DataFrame) -> int:
+    """In how many seeds the first variant (with conv branches) beat the second, seed for seed."""
+    first, second = (results[results["variant"] == v].set_index("seed")["test_accuracy"] for v in VARIANTS)
+    return int((first > second.reindex(first.index)).sum())
+
+
 def plot_ablation(results: pd.DataFrame, width: float = 6.8) -> Figure:
     """Each seed's accuracy as a dot, and mean ± std as a bar with error line, one column per variant."""
     fig, ax = plt.subplots(figsize=(width, 0.45 * width))

@@ -352,3 +352,17 @@ def test_count_table_matches_the_readme_for_t224_and_b224():
     assert len(rows) == 6
     for name in ("repmlpnet_t224", "repmlpnet_b224"):
         assert rows[name]["params_match"] and rows[name]["macs_match"]
+
+
+def test_seeds_won_pairs_runs_by_seed():
+    import pandas as pd
+
+    from repmlp_lite import ablation
+
+    with_conv, without = ablation.VARIANTS
+    results = pd.DataFrame({
+        "variant": [with_conv] * 3 + [without] * 3,
+        "seed": [0, 1, 2, 2, 1, 0],
+        "test_accuracy": [0.5, 0.4, 0.9, 0.8, 0.45, 0.1],
+    })
+    assert ablation.seeds_won(results) == 2  # seed 0: 0.5 > 0.1, seed 1: 0.4 < 0.45, seed 2: 0.9 > 0.8

@@ -89,13 +89,14 @@ def test_fc3_as_grouped_conv_equals_batched_matmul(sets):
 
 
 @pytest.mark.parametrize("partitions_per_side", [1, 2])
-def test_block_merge_exact_after_training(partitions_per_side, train_steps, randomize_bn, max_rel):
-    block = _random_block(c=8, h=4, w=4, sets=4, ks=(1, 3, 5))
-    size = 4 * partitions_per_side
-    train_steps(block, (3, 8, size, size), dtype=torch.float64)
+@pytest.mark.parametrize("c,h,sets,ks", [(8, 4, 4, (1, 3, 5)), (256, 7, 128, (1, 3))])  # toy; B224's last stage
+def test_block_merge_exact_after_training(partitions_per_side, c, h, sets, ks, train_steps, randomize_bn, max_rel):
+    block = _random_block(c=c, h=h, w=h, sets=sets, ks=ks)
+    size = h * partitions_per_side
+    train_steps(block, (3, c, size, size), dtype=torch.float64)
     _randomize_all_bn(block, randomize_bn)
     block.eval()
-    x = torch.randn(3, 8, size, size, dtype=torch.float64)
+    x = torch.randn(3, c, size, size, dtype=torch.float64)
     merged = copy.deepcopy(block)
     merged.switch_to_deploy()
     assert merged.fc3_bn is None and merged.local_perceptron is None and merged.fc3_bias is not None

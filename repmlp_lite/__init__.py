@@ -5,6 +5,7 @@
 * :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge.
 * :mod:`~repmlp_lite.deploy`: merging a whole model, and checking that the merge changed nothing.
 * :mod:`~repmlp_lite.nets`: RepMLP bottlenecks and a small RepMLP-ResNet with its conv baseline.
+* :mod:`~repmlp_lite.repmlpnet`: RepMLPNet (CVPR 2022): the block with share-sets and Locality Injection, the net.
 * :mod:`~repmlp_lite.zoo`, :mod:`~repmlp_lite.official`: the papers' networks by name, and the authors' checkpoints.
 * :mod:`~repmlp_lite.data`, :mod:`~repmlp_lite.train`: real images and a training loop for the book.
 """
@@ -15,12 +16,16 @@ from .deploy import Equivalence, check_equivalence, deploy
 from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 from .nets import RepMLPBottleneck, ResNetBottleneck, repmlp_light_block, small_conv_resnet, small_repmlp_resnet
 from .official import load_official
+from .repmlpnet import RepMLPNet, RepMLPNetBlock, RepMLPNetUnit, inject_locality, repmlpnet, small_repmlpnet
 from .zoo import create_model, list_models
 
 __all__ = [
     "Equivalence",
     "RepMLPBlock",
     "RepMLPBottleneck",
+    "RepMLPNet",
+    "RepMLPNetBlock",
+    "RepMLPNetUnit",
     "ResNetBottleneck",
     "check_equivalence",
     "conv_bias_to_fc",
@@ -32,11 +37,14 @@ __all__ = [
     "fuse_conv_bn",
     "fuse_linear_bn",
     "grouped_to_dense",
+    "inject_locality",
     "list_models",
     "load_official",
     "partition",
     "repmlp_light_block",
+    "repmlpnet",
     "small_conv_resnet",
+    "small_repmlpnet",
     "small_repmlp_resnet",
     "unpartition",
 ]

@@ -36,6 +36,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .block import RepMLPBlock, unpartition
 from .conv_as_fc import conv_to_fc
 from .deploy import deploy
+from .repmlpnet import RepMLPNetBlock, fc3_forward
+from .zoo import create_model
 from .nets import RepMLPBottleneck, ResNetBottleneck, conv_bn_relu, repmlp_light_block, small_conv_resnet, small_repmlp_resnet
 
 # ---- counting and timing one thing ------------------------------------------------------------
@@ -460,6 +462,96 @@ def engine_table(quick: bool = False, rounds: int = 3, min_run_time: float = 0.1
     return rows
 
 
+# ---- RepMLPNet (CVPR 2022) -----------------------------------------------------------------------
+
+
+def _with_fc3_impl(model: nn.Module, impl: str) -> nn.Module:
+    """A deep copy of ``model`` whose RepMLPNet blocks run FC3 as ``impl`` (``"matmul"`` or ``"conv"``)."""
+    copied = copy.deepcopy(model)
+    for block in copied.modules():
+        if isinstance(block, RepMLPNetBlock):
+            block.fc3_impl = impl
+    return copied
+
+
+def repmlpnet_table(
+    quick: bool = False, device: str = "cpu", rounds: int = 3, min_run_time: float = 0.1
+) -> list[dict[str, Any]]:
+    """RepMLPNet-B224 (random weights, random BN statistics): the training form against the deployed
+    form (Locality Injection and every BN folded), and the deployed net with FC3 as a grouped 1x1
+    conv (the authors' way) against FC3 as a batched matmul (ours); then FC3 alone, stage by stage.
+    Ratios are latency over latency, each the median of per-round ratios.
+    """
+    torch.manual_seed(0)
+    train_form = randomize_bn(create_model("repmlpnet_b224")).to(device).eval()
+    merged = deploy(train_form)
+    merged_conv = _with_fc3_impl(merged, "conv")
+    rows = []
+    for batch in (1,) if quick else (1, 8):
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        fns = {"train": train_form, "deployed": merged, "deployed_conv": merged_conv}
+        times = interleaved_ms(fns, x, rounds, min_run_time)
+        ms = median_ms(times)
+        rows.append({
+            "table": "repmlpnet",
+            "what": "RepMLPNet-B224",
+            "batch": batch,
+            "deployed/train": median_ratio(times, "deployed", "train"),
+            "conv/matmul": median_ratio(times, "deployed_conv", "deployed"),
+            "train_ms": ms["train"],
+            "deployed_ms": ms["deployed"],
+            "conv_ms": ms["deployed_conv"],
+            "params_train": count_parameters(train_form),
+            "params_deployed": count_parameters(merged),
+        })
+    blocks = [m for m in merged.modules() if isinstance(m, RepMLPNetBlock)]
+    firsts = [b for i, b in enumerate(blocks) if i == 0 or b.h != blocks[i - 1].h]  # one block per stage
+    for block in firsts:
+        hw = block.h * block.w
+        x = torch.randn(8 * block.channels // block.sets, block.sets * hw, device=device)  # batch 8, one partition
+        fns = {
+            "matmul": lambda v, b=block: fc3_forward(v, b.fc3_weight, b.fc3_bias, b.sets, "matmul"),
+            "conv": lambda v, b=block: fc3_forward(v, b.fc3_weight, b.fc3_bias, b.sets, "conv"),
+        }
+        times = interleaved_ms(fns, x, rounds, min_run_time)
+        ms = median_ms(times)
+        rows.append({
+            "table": "repmlpnet",
+            "what": f"FC3 h={block.h} S={block.sets} C={block.channels}",
+            "batch": 8,
+            "conv/matmul": median_ratio(times, "conv", "matmul"),
+            "deployed_ms": ms["matmul"],
+            "conv_ms": ms["conv"],
+        })
+    return rows
+
+
+# The authors' README (DingXiaoH/RepMLP): parameters (M, training form) and FLOPs (G multiply-adds).
+REPMLPNET_README = {
+    "repmlpnet_t224": (38.3, 2.8), "repmlpnet_b224": (68.2, 6.7), "repmlpnet_t256": (58.7, 4.2),
+    "repmlpnet_b256": (96.5, 9.6), "repmlpnet_d256": (86.9, 8.6), "repmlpnet_l256": (117.7, 11.5),
+}
+
+
+def repmlpnet_count_table() -> list[dict[str, Any]]:
+    """The six zoo RepMLPNets counted on the meta device (no memory, no arithmetic): parameters of the
+    training form and multiply-adds of the deployed form at batch 1, next to the README's figures;
+    ``*_match``: ours, rounded to the README's one decimal, prints the same."""
+    rows = []
+    for name, (params_m, gmacs) in REPMLPNET_README.items():
+        resolution = int(name[-3:])
+        with torch.device("meta"):
+            model = create_model(name)
+            params = count_parameters(model)
+            macs = count_flops(deploy(model), torch.empty(1, 3, resolution, resolution)) // 2
+        rows.append({
+            "model": name, "params_M": params / 1e6, "readme_params_M": params_m,
+            "params_match": f"{params / 1e6:.1f}" == f"{params_m:.1f}",
+            "GMACs": macs / 1e9, "readme_GMACs": gmacs, "macs_match": f"{macs / 1e9:.1f}" == f"{gmacs:.1f}",
+        })
+    return rows
+
+
 # ---- the command line ------------------------------------------------------------------------------
 
 # Columns printed per table (all columns go to the CSV): ratios first, then the times behind them.
@@ -470,6 +562,8 @@ COLUMNS = {
                    "train_ms", "merged_ms", "resnet_ms", "params_merged", "params_resnet"],
     "deploy": ["what", "C", "fc_kernel_entries", "ms"],
     "engine": ["model", "engine", "batch", "ms", "vs_merged_torch", "params", "flops"],
+    "repmlpnet": ["what", "batch", "deployed/train", "conv/matmul", "train_ms", "deployed_ms", "conv_ms",
+                  "params_train", "params_deployed"],
 }
 
 
@@ -521,6 +615,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (default 3)")
     parser.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (default 0.1)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--repmlpnet", action="store_true", help="also time RepMLPNet-B224 (training vs deployed, FC3 conv vs matmul)"
+    )
+    parser.add_argument("--repmlpnet-only", action="store_true", help="time RepMLPNet-B224 only")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
@@ -529,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     timing = dict(rounds=args.rounds, min_run_time=args.min_run_time)
     print(f"# {machine()}; device {args.device}; {args.rounds} rounds x {args.min_run_time} s per timing")
+    if args.repmlpnet_only:
+        tables = {"repmlpnet": repmlpnet_table(args.quick, args.device, **timing)}
+        return _report(tables, args.csv)
     tables = {
         "block": block_table(args.quick, args.device, **timing),
         "bottleneck": bottleneck_table(args.quick, args.device, **timing),
@@ -536,13 +637,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     }
     if args.device == "cpu":
         tables["engine"] = engine_table(args.quick, **timing)
+    if args.repmlpnet:
+        tables["repmlpnet"] = repmlpnet_table(args.quick, args.device, **timing)
+    return _report(tables, args.csv)
+
+
+def _report(tables: dict[str, list[dict[str, Any]]], csv_path: str | None) -> list[dict[str, Any]]:
+    """Print every table, write all rows to ``csv_path`` if given; return the rows."""
     rows = []
     for name, table in tables.items():
         print(f"\n## {name}\n{format_table(table, COLUMNS[name])}")
         rows += table
-    if args.csv:
-        write_csv(rows, args.csv)
-        print(f"\nwrote {len(rows)} rows to {args.csv}")
+    if csv_path:
+        write_csv(rows, csv_path)
+        print(f"\nwrote {len(rows)} rows to {csv_path}")
     return rows
 
 

@@ -78,3 +78,40 @@ def load_dataset(name: str = "digits", **kwargs: int | str | float | None) -> Im
     if name == "cifar10":
         return load_cifar10(**kwargs)
     raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+
+
+def load_digits_on_canvas(
+    canvas_size: int = 32,
+    digit_size: int = 12,
+    train_size: int | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> ImageData:
+    """The digits, each upsampled to ``digit_size`` and pasted at a random place on an empty
+    ``canvas_size x canvas_size`` image (one place per image, fixed by ``seed``).
+
+    A setting where locality should matter: the same stroke appears anywhere, so a model that
+    sees pixels by position must learn it at every position, while a conv learns it once.
+    ``train_size`` keeps only that many training images (fewer images, more need for locality).
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    if digit_size > canvas_size:
+        raise ValueError(f"digit_size={digit_size} must be at most canvas_size={canvas_size}")
+    digits = sklearn_digits()
+    small = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    small = F.interpolate(small, size=(digit_size, digit_size), mode="bilinear", align_corners=False)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(small)
+    corners = torch.randint(0, canvas_size - digit_size + 1, (n, 2), generator=gen)
+    images = torch.zeros(n, 1, canvas_size, canvas_size)
+    for i, (top, left) in enumerate(corners.tolist()):
+        images[i, :, top:top + digit_size, left:left + digit_size] = small[i]
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    order = torch.randperm(n, generator=gen)
+    n_test = int(n * test_fraction)
+    test_idx, train_idx = order[:n_test], order[n_test:][:train_size]
+    train_x, test_x = _standardise(images[train_idx], images[test_idx])
+    return ImageData(
+        TensorDataset(train_x, labels[train_idx]), TensorDataset(test_x, labels[test_idx]), 10, 1, canvas_size
+    )

@@ -9,17 +9,19 @@ import torch
 from torch import nn
 
 from .block import RepMLPBlock
+from .repmlpnet import MERGEABLE
 
 
 def deploy(model: nn.Module) -> nn.Module:
-    """A merged deep copy of ``model`` in eval mode: every :class:`RepMLPBlock` in it switched to deploy.
+    """A merged deep copy of ``model`` in eval mode: every :class:`RepMLPBlock` in it switched to deploy,
+    and every RepMLPNet module (:data:`repmlp_lite.repmlpnet.MERGEABLE`, each merging its own parts).
 
     Other modules (convs and BNs outside the blocks) are left as they are; ``model`` is untouched.
     Raises ``ValueError`` if a block in it was already merged.
     """
     merged = copy.deepcopy(model).eval()
-    for module in merged.modules():
-        if isinstance(module, RepMLPBlock):
+    for module in list(merged.modules()):
+        if isinstance(module, (RepMLPBlock, *MERGEABLE)):
             module.switch_to_deploy()
     return merged
 

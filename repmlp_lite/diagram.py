@@ -26,6 +26,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle
 
 from ._checks import check_divisible, check_positive
 from .block import RepMLPBlock, partition
+from .repmlpnet import RepMLPNetBlock
 from .viz import COLUMN_WIDTH_IN
 
 FONT_SIZE = 9.0
@@ -348,4 +349,99 @@ def partition_diagram(H: int, W: int, h: int, w: int) -> Figure:
     )
     ax.set_xlim(-0.2, x_stack + stack_width + 0.2)
     ax.set_ylim(max(H, stack_height) + 0.2, -2.8)
+    return fig
+
+
+# ---- RepMLPNet (chapter 7) -------------------------------------------------------------------------
+
+
+def _net_block_sizes(block: RepMLPNetBlock, H: int, W: int) -> tuple[int, int, int, int, int, int]:
+    """``(C, S, h, w, partitions, hidden)`` of a RepMLPNet block on an ``H x W`` map."""
+    check_divisible("H", H, "h", block.h)
+    check_divisible("W", W, "w", block.w)
+    hidden = block.gate.fc1.out_channels
+    return block.channels, block.sets, block.h, block.w, (H // block.h) * (W // block.w), hidden
+
+
+def _draw_net_training(ax: Axes, block: RepMLPNetBlock, H: int, W: int) -> None:
+    """The training-time RepMLPNet block: channel gate (left), FC3 and conv branches on the S-set maps."""
+    C, S, h, w, P, hidden = _net_block_sizes(block, H, W)
+    rows = 9.0
+    main_x, gate_x = 0.62, 0.13
+    x_in = _box(ax, "net:input", main_x, _row(0, rows), f"input (N, {C}, {H}, {W})", "data")
+    pool = _box(ax, "net:pool", gate_x, _row(1, rows), f"avg pool\n→ (N, {C}, 1, 1)", "global")
+    fc1 = _box(ax, "net:fc1", gate_x, _row(2.3, rows), f"FC1 {C}→{hidden}\nReLU", "global")
+    fc2 = _box(ax, "net:fc2", gate_x, _row(3.6, rows), f"FC2 {hidden}→{C}\nsigmoid", "global")
+    _arrow(ax, x_in, pool, "across-down")
+    _arrow(ax, pool, fc1)
+    _arrow(ax, fc1, fc2)
+    parts = _box(
+        ax, "net:partition", main_x, _row(1.2, rows),
+        f"partition, C into sets\n→ (N·{P}·{C // S}, S={S}, {h}, {w})", "data",
+    )
+    _arrow(ax, x_in, parts)
+    kernels = [branch.conv.kernel_size[0] for branch in block.local_perceptron.values()]
+    xs = np.linspace(0.30, 0.98, 2 * (1 + len(kernels)) + 1)[1::2]
+    fc3 = _box(ax, "net:fc3", xs[0], _row(2.7, rows), f"FC3: {S} FCs\n{h * w}→{h * w}", "partition")
+    fc3_bn = _box(ax, "net:fc3_bn", xs[0], _row(4.0, rows), f"BN({S})", "partition")
+    _arrow(ax, parts, fc3, "down-across" if len(kernels) == 0 else "across-down")
+    _arrow(ax, fc3, fc3_bn)
+    ends = [fc3_bn]
+    for x, k in zip(xs[1:], kernels):
+        conv = _box(ax, f"net:conv{k}", x, _row(2.7, rows), f"conv {k}×{k}\ngroups {S}", "local")
+        bn = _box(ax, f"net:conv{k}_bn", x, _row(4.0, rows), f"BN({S})", "local")
+        _arrow(ax, parts, conv, "across-down")
+        _arrow(ax, conv, bn)
+        ends.append(bn)
+    total = _box(ax, "net:sum", main_x, _row(5.3, rows), "sum", "data")
+    for end in ends:
+        _arrow(ax, end, total, "down-across")
+    out = _box(ax, "net:unpartition", main_x, _row(6.5, rows), f"unpartition → (N, {C}, {H}, {W})", "data")
+    _arrow(ax, total, out)
+    gated = _box(ax, "net:multiply", main_x, _row(7.8, rows), "× gate (per channel)", "global")
+    _arrow(ax, out, gated)
+    _arrow(ax, fc2, gated, "down-across")
+
+
+def _draw_net_deployed(ax: Axes, block: RepMLPNetBlock, H: int, W: int) -> None:
+    """The deployed RepMLPNet block: the same gate, one FC3 with bias (Locality Injection)."""
+    C, S, h, w, P, hidden = _net_block_sizes(block, H, W)
+    rows = 9.0
+    main_x, gate_x = 0.68, 0.2
+    x_in = _box(ax, "netdeploy:input", main_x, _row(0, rows), f"input\n(N, {C}, {H}, {W})", "data")
+    gate = _box(ax, "netdeploy:gate", gate_x, _row(2.3, rows), "pool,\nFC1, ReLU,\nFC2,\nsigmoid", "global")
+    _arrow(ax, x_in, gate, "across-down")
+    parts = _box(ax, "netdeploy:partition", main_x, _row(1.4, rows), "partition", "data")
+    _arrow(ax, x_in, parts)
+    fc3 = _box(ax, "netdeploy:fc3", main_x, _row(3.4, rows), f"FC3 + bias\n{S} FCs\n{h * w}→{h * w}", "partition")
+    _arrow(ax, parts, fc3)
+    out = _box(ax, "netdeploy:unpartition", main_x, _row(6.5, rows), "unpartition", "data")
+    _arrow(ax, fc3, out)
+    gated = _box(ax, "netdeploy:multiply", main_x, _row(7.8, rows), "× gate", "global")
+    _arrow(ax, out, gated)
+    _arrow(ax, gate, gated, "down-across")
+
+
+def repmlpnet_block_diagram(block: RepMLPNetBlock, H: int, W: int, width: float = COLUMN_WIDTH_IN) -> Figure:
+    """The RepMLPNet block at training time (left) and after Locality Injection (right), ``width``
+    inches wide (the book's column), labelled with the block's sizes on an ``H x W`` map.
+
+    Raises ``ValueError`` if the block is already merged or ``h, w`` do not divide ``H, W``.
+    """
+    if block.deployed:
+        raise ValueError("draw the block before switch_to_deploy(): the merged block has no conv branches left")
+    fig = plt.figure(figsize=(width, 0.78 * width))
+    split = 0.7
+    left = fig.add_axes((0.0, 0.08, split, 0.86))
+    right = fig.add_axes((split, 0.08, 1 - split, 0.86))
+    for ax, title in [(left, "training time"), (right, "deployed")]:
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=FONT_SIZE + 1)
+    right.axvline(0.0, color="#999999", linewidth=0.8, linestyle="--")
+    _draw_net_training(left, block, H, W)
+    _draw_net_deployed(right, block, H, W)
+    labels = {"global": "channel gate", "partition": "FC3 (channel perceptron)", "local": "local perceptron",
+              "data": "data, reshapes"}
+    handles = [Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in labels.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=FONT_SIZE, frameon=False)
     return fig

@@ -56,8 +56,10 @@ def train(
     lr: float = 0.05,
     seed: int = 0,
     desc: str = "train",
+    progress: bool = True,
 ) -> History:
-    """SGD with momentum and a cosine schedule; cross-entropy; one tqdm bar over all steps.
+    """SGD with momentum and a cosine schedule; cross-entropy; one tqdm bar over all steps
+    (``progress=False``: none).
 
     ``model`` is moved to ``device`` and trained in place.
     """
@@ -74,7 +76,7 @@ def train(
     history = History()
     # dynamic_ncols: in a notebook the bar widget takes the output's width and wraps its parts as
     # whole pieces, instead of squeezing the label until it breaks ("RepMLP-" / "ResNet: 100%").
-    with tqdm(total=epochs * len(loader), desc=desc, dynamic_ncols=True) as bar:
+    with tqdm(total=epochs * len(loader), desc=desc, dynamic_ncols=True, disable=not progress) as bar:
         for _ in range(epochs):
             model.train()
             total = 0.0

@@ -36,10 +36,18 @@ class ConvBNLayer(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, relu: bool = False
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        relu: bool = False,
+        groups: int = 1,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
+        )
         self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
 

@@ -304,10 +304,10 @@ def block_table(
 
 
 def bottleneck_configs(quick: bool = False) -> list[dict[str, int]]:
-    """Bottlenecks of ``channels`` on ``2h x 2h`` maps; RepMLP with ``g = 4`` (``quick``: one size)."""
+    """Bottlenecks of ``channels`` in and out on ``2h x 2h`` maps; RepMLP with ``g = 4`` (``quick``: one size)."""
     if quick:
-        return [dict(channels=128, h=8, groups=4, batch=n) for n in (1, 32)]
-    return [dict(channels=c, h=h, groups=4, batch=n) for c in (128, 256) for h in (7, 8) for n in (1, 32)]
+        return [dict(channels=256, h=8, groups=4, batch=n) for n in (1, 32)]
+    return [dict(channels=c, h=h, groups=4, batch=n) for c in (256, 512) for h in (7, 8) for n in (1, 32)]
 
 
 def measure_bottleneck(
@@ -322,20 +322,21 @@ def measure_bottleneck(
     seed: int = 0,
 ) -> dict[str, Any]:
     """One row of :func:`bottleneck_table`: ``kind`` is ``"bottleneck"`` (:class:`RepMLPBottleneck`,
-    channel reduction 2) or ``"light"`` (:func:`repmlp_light_block`, reduction 8), against the plain
-    :class:`ResNetBottleneck` (reduction 4) on the same input ``(batch, channels, 2h, 2h)``.
+    ``mid = C/4`` as in ResNet-50, RepMLP on ``mid / 2``: the paper's c3 setting ``r = 2``) or
+    ``"light"`` (:func:`repmlp_light_block`, RepMLP on ``C / 8``), against the plain
+    :class:`ResNetBottleneck` (``mid = C/4``) on the same input ``(batch, C, 2h, 2h)``.
     """
     torch.manual_seed(seed)
     size = 2 * h
     if kind == "bottleneck":
-        train = RepMLPBottleneck(channels, size, size, h, h, reduction=2, groups=groups)
+        train = RepMLPBottleneck(channels, channels // 4, channels, size, size, h, h, r=2, groups=groups)
     elif kind == "light":
         train = repmlp_light_block(channels, size, size, h, h, groups=groups)
     else:
         raise ValueError(f"kind must be 'bottleneck' or 'light', got {kind!r}")
     train = randomize_bn(train, seed).eval()
     merged = deploy(train)
-    resnet = randomize_bn(ResNetBottleneck(channels, 4), seed).eval()
+    resnet = randomize_bn(ResNetBottleneck(channels, channels // 4, channels), seed).eval()
     x = torch.randn(batch, channels, size, size)
     train, merged, resnet, x = train.to(device), merged.to(device), resnet.to(device), x.to(device)
 

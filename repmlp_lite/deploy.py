@@ -58,7 +58,7 @@ def deploy(model: nn.Module) -> nn.Module:
     merged = copy.deepcopy(model).eval()
     _switch_outermost(merged)
     _fuse_sequential_pairs(merged)
-    return merged
+    return merged.eval()  # the modules put in (Identity, fused layers) start in train mode
 
 
 def batchnorms_left(model: nn.Module) -> list[str]:

@@ -23,6 +23,7 @@ from .nets import (
     small_repmlp_resnet,
 )
 from .official import load_official
+from .official_resnets import convert_v1_repmlp_resnet  # noqa: F401  (registers the converter)
 from .puremlp import pure_mlp
 from .resnets import repmlp_resnet
 from .zoo import create_model, list_models

@@ -471,6 +471,8 @@ COLUMNS = {
                    "train_ms", "merged_ms", "resnet_ms", "params_merged", "params_resnet"],
     "deploy": ["what", "C", "fc_kernel_entries", "ms"],
     "engine": ["model", "engine", "batch", "ms", "vs_merged_torch", "params", "flops"],
+    "paper": ["net", "baseline", "batch", "measured", "paper", "net_ms", "baseline_ms", "target", "met"],
+    "profile": ["op", "calls", "self_ms", "share"],
 }
 
 
@@ -522,7 +524,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (default 3)")
     parser.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (default 0.1)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--paper", action="store_true",
+                        help="only the paper's speed claims: deployed zoo nets vs ResNet-50/101 at 224 (CPU, 2 threads)")
     args = parser.parse_args(argv)
+    if args.paper:
+        return paper_main(args.quick, args.rounds, args.min_run_time, args.threads or 2, args.csv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
     if args.threads:
@@ -544,6 +550,27 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.csv:
         write_csv(rows, args.csv)
         print(f"\nwrote {len(rows)} rows to {args.csv}")
+    return rows
+
+
+def paper_main(
+    quick: bool, rounds: int, min_run_time: float, threads: int, csv_path: str | None = None
+) -> list[dict[str, Any]]:
+    """``--paper``: :func:`repmlp_lite.paper_speed.speed_table` at batch 1 and 8 (``quick``: 8 only),
+    then a profile of the deployed RepMLP-Res50 and Light nets at batch 8 where a target was missed."""
+    from . import paper_speed  # builds the full-size zoo nets: only when asked for
+
+    nets = paper_speed.deployed_nets()
+    print(f"# {machine()}; {threads} threads; {rounds} rounds x {min_run_time} s per timing")
+    rows = paper_speed.speed_table((8,) if quick else (1, 8), rounds, min_run_time, threads, nets)
+    print(f"\n## paper: throughput ratio net / baseline, here and in the paper (GTX 1080Ti, batch 128)\n"
+          f"{format_table(rows, COLUMNS['paper'])}")
+    for name in dict.fromkeys(row["net"] for row in rows if row["met"] is False):
+        top = paper_speed.profile_table(nets[name], 8, threads=threads)
+        print(f"\n## where {name} spends its time (batch 8, self CPU time)\n{format_table(top, COLUMNS['profile'])}")
+    if csv_path:
+        write_csv(rows, csv_path)
+        print(f"\nwrote {len(rows)} rows to {csv_path}")
     return rows
 
 

@@ -87,7 +87,7 @@ class _Residual(nn.Module):
     shortcut: nn.Module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
+        return torch.relu_(self.body(x) + self.shortcut(x))  # in place on the fresh sum
 
 
 class ResNetBottleneck(_Residual):

@@ -48,6 +48,7 @@ CHAPTERS = [
     "notebooks/04_repmlp_block",
     "notebooks/05_train_and_merge",
     "notebooks/06_costs",
+    "notebooks/06b_paper_numbers",
 ]
 # Every page of the book, in the order of its "next" links.
 PAGES = ["book/intro", "book/reading_guide", *CHAPTERS, "book/references"]

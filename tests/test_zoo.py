@@ -127,3 +127,24 @@ def test_deployed_state_dict_round_trip(name):
     with torch.no_grad():
         expected, actual = model(x), inference(x)
     assert ((actual - expected).abs().max() / expected.abs().max()).item() < 1e-5
+
+
+@pytest.mark.parametrize("mixer", ["fc3_conv9", "conv9", "conv3"])
+def test_table1_variants_deploy_exactly(mixer):
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("repmlp_pure_mlp_cifar", mixer=mixer), 1).double().eval()
+    merged = deploy(model)
+    assert not batchnorms_left(merged)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected, actual = model(x), merged(x)
+    assert ((actual - expected).abs().max() / expected.abs().max()).item() < 1e-10
+    with pytest.raises(ValueError, match=r"switch_to_deploy\(\) was called twice"):
+        deploy(merged)
+
+
+def test_pure_mlp_bad_arguments_raise():
+    with pytest.raises(ValueError, match="mixer must be one of"):
+        create_model("repmlp_pure_mlp_cifar", mixer="attention")
+    with pytest.raises(ValueError, match="channels must give the three stages' widths"):
+        create_model("repmlp_pure_mlp_cifar", channels=(16, 32))

@@ -525,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (default 0.1)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--paper", action="store_true",
-                        help="only the paper's speed claims: deployed zoo nets vs ResNet-50/101 at 224 (CPU, 2 threads)")
+                        help="only the paper's speed claims: deployed zoo nets vs ResNet-50/101 (CPU, 2 threads)")
     args = parser.parse_args(argv)
     if args.paper:
         return paper_main(args.quick, args.rounds, args.min_run_time, args.threads or 2, args.csv)

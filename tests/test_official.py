@@ -131,7 +131,8 @@ def test_a_loaded_training_checkpoint_deploys_exactly():
 @pytest.mark.parametrize(
     "edit,match",
     [
-        (lambda c: c.pop("stage2.1.btnk_repmlp.fc3_bn.running_mean"), r"missing 'c3\.1\.body\.repmlp\.fc3_bn\.running_mean'"),
+        (lambda c: c.pop("stage2.1.btnk_repmlp.fc3_bn.running_mean"),
+         r"missing 'c3\.1\.body\.repmlp\.fc3_bn\.running_mean'"),
         (lambda c: c.update({"stage3.1.btnk_conv2.conv.weight": torch.zeros(32, 256, 3, 3)}),
          r"'c4\.1\.body\.reduce3x3\.conv\.weight' has shape \(32, 256, 3, 3\), the model needs \(64, 256, 3, 3\)"),
         (lambda c: c.update({"stage2.1.btnk_repmlp.repconv7.conv.weight": torch.zeros(1)}),

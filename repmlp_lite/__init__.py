@@ -4,7 +4,8 @@
 * :mod:`~repmlp_lite.fusion`: BatchNorm absorbed into the conv or FC next to it.
 * :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge.
 * :mod:`~repmlp_lite.deploy`: merging a whole model, and checking that the merge changed nothing.
-* :mod:`~repmlp_lite.nets`: RepMLP bottlenecks and a small RepMLP-ResNet with its conv baseline.
+* :mod:`~repmlp_lite.nets`: the paper's RepMLP bottleneck and Light block, and small nets for chapter 5.
+* :mod:`~repmlp_lite.resnets`, :mod:`~repmlp_lite.puremlp`: the networks of the paper's tables, at full size.
 * :mod:`~repmlp_lite.repmlpnet`: RepMLPNet (CVPR 2022): the block with share-sets and Locality Injection, the net.
 * :mod:`~repmlp_lite.zoo`, :mod:`~repmlp_lite.official`: the papers' networks by name, and the authors' checkpoints.
 * :mod:`~repmlp_lite.data`, :mod:`~repmlp_lite.train`: real images and a training loop for the book.
@@ -14,8 +15,18 @@ from .block import RepMLPBlock, partition, unpartition
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc, fc_forward, grouped_to_dense
 from .deploy import Equivalence, check_equivalence, deploy
 from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
-from .nets import RepMLPBottleneck, ResNetBottleneck, repmlp_light_block, small_conv_resnet, small_repmlp_resnet
+from .nets import (
+    RepMLPBottleneck,
+    RepMLPLightBlock,
+    ResNetBottleneck,
+    repmlp_light_block,
+    small_conv_resnet,
+    small_repmlp_resnet,
+)
 from .official import load_official
+from .official_resnets import convert_v1_repmlp_resnet  # noqa: F401  (registers the converter)
+from .puremlp import pure_mlp
+from .resnets import repmlp_resnet
 from .repmlpnet import RepMLPNet, RepMLPNetBlock, RepMLPNetUnit, inject_locality, repmlpnet, small_repmlpnet
 from .zoo import create_model, list_models
 
@@ -23,6 +34,7 @@ __all__ = [
     "Equivalence",
     "RepMLPBlock",
     "RepMLPBottleneck",
+    "RepMLPLightBlock",
     "RepMLPNet",
     "RepMLPNetBlock",
     "RepMLPNetUnit",
@@ -41,7 +53,9 @@ __all__ = [
     "list_models",
     "load_official",
     "partition",
+    "pure_mlp",
     "repmlp_light_block",
+    "repmlp_resnet",
     "repmlpnet",
     "small_conv_resnet",
     "small_repmlpnet",

@@ -306,10 +306,10 @@ def block_table(
 
 
 def bottleneck_configs(quick: bool = False) -> list[dict[str, int]]:
-    """Bottlenecks of ``channels`` on ``2h x 2h`` maps; RepMLP with ``g = 4`` (``quick``: one size)."""
+    """Bottlenecks of ``channels`` in and out on ``2h x 2h`` maps; RepMLP with ``g = 4`` (``quick``: one size)."""
     if quick:
-        return [dict(channels=128, h=8, groups=4, batch=n) for n in (1, 32)]
-    return [dict(channels=c, h=h, groups=4, batch=n) for c in (128, 256) for h in (7, 8) for n in (1, 32)]
+        return [dict(channels=256, h=8, groups=4, batch=n) for n in (1, 32)]
+    return [dict(channels=c, h=h, groups=4, batch=n) for c in (256, 512) for h in (7, 8) for n in (1, 32)]
 
 
 def measure_bottleneck(
@@ -324,20 +324,21 @@ def measure_bottleneck(
     seed: int = 0,
 ) -> dict[str, Any]:
     """One row of :func:`bottleneck_table`: ``kind`` is ``"bottleneck"`` (:class:`RepMLPBottleneck`,
-    channel reduction 2) or ``"light"`` (:func:`repmlp_light_block`, reduction 8), against the plain
-    :class:`ResNetBottleneck` (reduction 4) on the same input ``(batch, channels, 2h, 2h)``.
+    ``mid = C/4`` as in ResNet-50, RepMLP on ``mid / 2``: the paper's c3 setting ``r = 2``) or
+    ``"light"`` (:func:`repmlp_light_block`, RepMLP on ``C / 8``), against the plain
+    :class:`ResNetBottleneck` (``mid = C/4``) on the same input ``(batch, C, 2h, 2h)``.
     """
     torch.manual_seed(seed)
     size = 2 * h
     if kind == "bottleneck":
-        train = RepMLPBottleneck(channels, size, size, h, h, reduction=2, groups=groups)
+        train = RepMLPBottleneck(channels, channels // 4, channels, size, size, h, h, r=2, groups=groups)
     elif kind == "light":
         train = repmlp_light_block(channels, size, size, h, h, groups=groups)
     else:
         raise ValueError(f"kind must be 'bottleneck' or 'light', got {kind!r}")
     train = randomize_bn(train, seed).eval()
     merged = deploy(train)
-    resnet = randomize_bn(ResNetBottleneck(channels, 4), seed).eval()
+    resnet = randomize_bn(ResNetBottleneck(channels, channels // 4, channels), seed).eval()
     x = torch.randn(batch, channels, size, size)
     train, merged, resnet, x = train.to(device), merged.to(device), resnet.to(device), x.to(device)
 
@@ -564,6 +565,8 @@ COLUMNS = {
     "engine": ["model", "engine", "batch", "ms", "vs_merged_torch", "params", "flops"],
     "repmlpnet": ["what", "batch", "deployed/train", "conv/matmul", "train_ms", "deployed_ms", "conv_ms",
                   "params_train", "params_deployed"],
+    "paper": ["net", "baseline", "batch", "measured", "paper", "net_ms", "baseline_ms", "target", "met"],
+    "profile": ["op", "calls", "self_ms", "share"],
 }
 
 
@@ -619,7 +622,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "--repmlpnet", action="store_true", help="also time RepMLPNet-B224 (training vs deployed, FC3 conv vs matmul)"
     )
     parser.add_argument("--repmlpnet-only", action="store_true", help="time RepMLPNet-B224 only")
+    parser.add_argument("--paper", action="store_true",
+                        help="only the paper's speed claims: deployed zoo nets vs ResNet-50/101 (CPU, 2 threads)")
     args = parser.parse_args(argv)
+    if args.paper:
+        return paper_main(args.quick, args.rounds, args.min_run_time, args.threads or 2, args.csv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
     if args.threads:
@@ -648,6 +655,27 @@ def _report(tables: dict[str, list[dict[str, Any]]], csv_path: str | None) -> li
     for name, table in tables.items():
         print(f"\n## {name}\n{format_table(table, COLUMNS[name])}")
         rows += table
+    if csv_path:
+        write_csv(rows, csv_path)
+        print(f"\nwrote {len(rows)} rows to {csv_path}")
+    return rows
+
+
+def paper_main(
+    quick: bool, rounds: int, min_run_time: float, threads: int, csv_path: str | None = None
+) -> list[dict[str, Any]]:
+    """``--paper``: :func:`repmlp_lite.paper_speed.speed_table` at batch 1 and 8 (``quick``: 8 only),
+    then a profile of the deployed RepMLP-Res50 and Light nets at batch 8 where a target was missed."""
+    from . import paper_speed  # builds the full-size zoo nets: only when asked for
+
+    nets = paper_speed.deployed_nets()
+    print(f"# {machine()}; {threads} threads; {rounds} rounds x {min_run_time} s per timing")
+    rows = paper_speed.speed_table((8,) if quick else (1, 8), rounds, min_run_time, threads, nets)
+    print(f"\n## paper: throughput ratio net / baseline, here and in the paper (GTX 1080Ti, batch 128)\n"
+          f"{format_table(rows, COLUMNS['paper'])}")
+    for name in dict.fromkeys(row["net"] for row in rows if row["met"] is False):
+        top = paper_speed.profile_table(nets[name], 8, threads=threads)
+        print(f"\n## where {name} spends its time (batch 8, self CPU time)\n{format_table(top, COLUMNS['profile'])}")
     if csv_path:
         write_csv(rows, csv_path)
         print(f"\nwrote {len(rows)} rows to {csv_path}")

@@ -18,8 +18,8 @@ whose sides ``h`` and ``w`` divide.
 The net: patch embedding (conv ``4x4`` stride 4, BN, ReLU), four stages of units
 ``y = x + block(BN(x)); z = y + FFN(BN(y))``, a ``2x2`` stride-2 conv+BN+ReLU between stages,
 then BN, global average pool and a linear head. Every module that merges has its own
-``switch_to_deploy()`` and merges only what it owns, so :func:`repmlp_lite.deploy` can visit
-them in any order. The deployed net keeps one BatchNorm per unit (``prebn1``): FC3 shares its
+``switch_to_deploy()``; a unit and the net merge their submodules first
+(:func:`repmlp_lite.deploy.merge_submodules`), then their own BN folds. The deployed net keeps one BatchNorm per unit (``prebn1``): FC3 shares its
 weights across a set's channels, while that BN scales each channel differently.
 """
 
@@ -36,6 +36,7 @@ from torch import nn
 from ._checks import check_4d, check_divisible, check_positive
 from .block import ConvBN, partition, unpartition
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
+from .deploy import merge_submodules
 from .fusion import bn_scale_shift, fuse_bn_linear, fuse_conv_bn
 from .official import register_official
 from .zoo import register_model
@@ -268,9 +269,11 @@ class RepMLPNetUnit(nn.Module):
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
-        """Fold ``prebn2`` into the FFN's first conv (:func:`repmlp_lite.fusion.fuse_bn_linear`)."""
+        """Merge the block and the FFN, then fold ``prebn2`` into the FFN's first conv
+        (:func:`repmlp_lite.fusion.fuse_bn_linear`)."""
         if self.prebn2 is None:
             raise _already_merged("the unit")
+        merge_submodules(self)
         conv = self.ffn.fc1.conv
         weight, bias = fuse_bn_linear(self.prebn2, conv.weight.flatten(1), conv.bias)
         conv.weight.copy_(weight.reshape(conv.weight.shape))
@@ -336,17 +339,17 @@ class RepMLPNet(nn.Module):
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
-        """Fold ``head_norm`` into the head (a BN before a global pool is one before the FC)."""
+        """Merge every unit and conv+BN, then fold ``head_norm`` into the head (a BN before a global
+        pool is one before the FC)."""
         if self.head_norm is None:
             raise _already_merged("the head")
+        merge_submodules(self)
         weight, bias = fuse_bn_linear(self.head_norm, self.head.weight, self.head.bias)
         self.head.weight.copy_(weight)
         self.head.bias.copy_(bias)
         self.head_norm = None
 
 
-MERGEABLE = (RepMLPNetBlock, ConvBNAct, RepMLPNetUnit, RepMLPNet)
-"""The classes whose ``switch_to_deploy()`` :func:`repmlp_lite.deploy` calls (each merges only its own parts)."""
 
 
 # The authors' six ImageNet networks (their repmlpnet.py): channels, blocks and share-sets per stage.

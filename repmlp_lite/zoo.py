@@ -34,11 +34,16 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(_REGISTRY, pattern))
 
 
-def create_model(name: str, num_classes: int = 1000, deploy: bool = False, **kwargs: Any) -> nn.Module:
-    """Build the registered model ``name``; ``deploy=True`` gives its inference form (eval mode)."""
+def create_model(name: str, num_classes: int | None = None, deploy: bool = False, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``; ``deploy=True`` gives its inference form (eval mode).
+
+    ``num_classes=None`` keeps the builder's default: 1000 for the ImageNet nets, 10 for the CIFAR ones.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model name {name!r}; list_models() gives the {len(_REGISTRY)} known names")
-    model = _REGISTRY[name](num_classes=num_classes, **kwargs)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    model = _REGISTRY[name](**kwargs)
     if deploy:
         from .deploy import deploy as to_inference_form
 

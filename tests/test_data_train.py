@@ -126,7 +126,7 @@ def test_train_one_short_epoch(digits16):
     assert math.isfinite(loss) and 0 < loss < 10
     assert 0.0 <= history.test_accuracy[0] <= 1.0
     # it really trained: BN statistics moved (4 steps of batch 16), and the merge of the trained net is exact
-    bn = model[0][1]
+    bn = model[0].bn
     assert bn.num_batches_tracked.item() == 4
     assert (bn.running_var - 1).abs().max() > 1e-3
     assert check_equivalence(model, (2, 1, 16, 16)).max_abs < 1e-10

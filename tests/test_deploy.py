@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from repmlp_lite.block import RepMLPBlock
-from repmlp_lite.deploy import Equivalence, check_equivalence, deploy
+from repmlp_lite.deploy import Equivalence, batchnorms_left, check_equivalence, deploy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -34,19 +34,52 @@ def trained_model(train_steps):
     return train_steps(_mixed_model(), SHAPE, steps=4, seed=1)
 
 
-def test_deploy_merges_every_block_and_keeps_the_rest(trained_model):
+def test_deploy_merges_every_block_and_fuses_conv_bn(trained_model):
     merged = deploy(trained_model)
     blocks = [m for m in merged.modules() if isinstance(m, RepMLPBlock)]
     assert len(blocks) == 2 and all(b.deployed for b in blocks)
     for b in blocks:
         assert not any(isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) for m in b.modules())
         assert b.fc3.bias is not None
-    # modules outside the blocks are left as they are
-    assert isinstance(merged[0], nn.Conv2d) and isinstance(merged[1], nn.BatchNorm2d)
+    # the conv + BN pair outside the blocks is one conv with bias now; its BN an Identity
+    assert isinstance(merged[0], nn.Conv2d) and merged[0].bias is not None
+    assert isinstance(merged[1], nn.Identity)
+    # a BN that follows no conv or FC (here: a RepMLP block) is left as it is
     assert isinstance(merged[4], nn.BatchNorm2d)
-    assert torch.equal(merged[1].running_mean, trained_model[1].running_mean)
-    assert torch.equal(merged[0].weight, trained_model[0].weight)
+    assert torch.equal(merged[4].running_mean, trained_model[4].running_mean)
+    assert batchnorms_left(merged) == ["4"]
     assert not merged.training and not any(m.training for m in merged.modules())
+
+
+def test_deploy_fuses_linear_bn_and_calls_only_the_outermost_switch():
+    """A module with switch_to_deploy() merges its own insides: the nested one is not called again."""
+    calls = []
+
+    class Inner(nn.Module):
+        def switch_to_deploy(self):
+            calls.append("inner")
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x):
+            return x
+
+        def switch_to_deploy(self):
+            calls.append("outer")
+            self.inner.switch_to_deploy()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), Outer()).double()
+    model.train()(torch.randn(8, 3, dtype=torch.float64))  # moves the BN statistics
+    merged = deploy(model)
+    assert calls == ["outer", "inner"]
+    assert isinstance(merged[1], nn.Identity) and merged[0].bias is not None
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert (merged(x) - model.eval()(x)).abs().max().item() < 1e-12
 
 
 def test_deploy_is_exact_on_a_mixed_model(trained_model):
@@ -89,7 +122,7 @@ def test_deploy_of_a_deployed_model_raises(trained_model):
 
 def test_deploy_without_blocks_is_an_eval_copy():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3))
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU())
     merged = deploy(model)
     assert merged is not model and not merged.training and model.training
     assert torch.equal(merged[0].weight, model[0].weight)

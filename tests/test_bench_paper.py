@@ -1,0 +1,52 @@
+"""bench --paper: the speed-claim table and the profile (on stand-in nets: the full-size ones are timed
+by the CLI and chapter 6b, not by unit tests)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from repmlp_lite import bench, paper_speed
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _stand_ins() -> dict[str, nn.Module]:
+    """Cheap nets under the zoo names: a wider conv is slower, so the ratios have a known direction."""
+    torch.manual_seed(0)
+    widths = {"resnet50_224": 4, "resnet101_224": 8, "repmlp_res50_224": 4, "repmlp_res50_light_224": 1}
+    return {name: nn.Conv2d(3, w, 3, stride=4).eval() for name, w in widths.items()}
+
+
+def test_speed_table_rows_ratios_and_targets():
+    rows = paper_speed.speed_table(batches=(1, 8), rounds=2, min_run_time=0.01, threads=1, nets=_stand_ins())
+    assert len(rows) == 2 * len(paper_speed.CLAIMS)
+    light = next(r for r in rows if r["net"] == "repmlp_res50_light_224" and r["batch"] == 8)
+    assert light["paper"] == pytest.approx(1074 / 689)
+    assert light["measured"] > 0 and light["net_ms"] > 0 and light["baseline_ms"] > 0
+    assert light["target"] == 1.10 and light["met"] == (light["measured"] >= 1.10)
+    assert all(r["target"] is None and r["met"] is None for r in rows if r["batch"] == 1)
+    res101 = next(r for r in rows if r["baseline"] == "resnet101_224" and r["batch"] == 8)
+    assert res101["paper"] == pytest.approx(636 / 421)  # the paper: 1.51x ResNet-101
+
+
+def test_profile_table_ranks_ops_by_self_time():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()).eval()
+    rows = paper_speed.profile_table(net, batch=1, top=3, threads=1)
+    assert 1 <= len(rows) <= 3
+    assert [r["self_ms"] for r in rows] == sorted((r["self_ms"] for r in rows), reverse=True)
+    assert all(0 <= r["share"] <= 1 for r in rows) and sum(r["share"] for r in rows) <= 1 + 1e-9
+
+
+def test_cli_paper_prints_the_table_and_profiles_a_missed_target(monkeypatch, capsys, tmp_path):
+    nets = _stand_ins()
+    nets["repmlp_res50_light_224"] = nn.Conv2d(3, 64, 3).eval()  # far slower than "resnet50": target missed
+    monkeypatch.setattr(paper_speed, "deployed_nets", lambda: nets)
+    rows = bench.main(["--paper", "--quick", "--rounds", "1", "--min-run-time", "0.01", "--threads", "1",
+                       "--csv", str(tmp_path / "paper.csv")])
+    out = capsys.readouterr().out
+    assert "## paper" in out and "measured" in out
+    assert {r["batch"] for r in rows} == {8}
+    assert "## where repmlp_res50_light_224 spends its time" in out
+    assert (tmp_path / "paper.csv").read_text().startswith("table,net,baseline")

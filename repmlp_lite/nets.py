@@ -29,10 +29,11 @@ from .fusion import fuse_conv_bn
 
 
 class ConvBNLayer(nn.Module):
-    """Conv (no bias, padding ``K // 2``) + BatchNorm2d (+ ReLU): ``(N, C, H, W) -> (N, O, H/s, W/s)``.
+    """Conv (no bias) + BatchNorm2d (+ an activation): ``(N, C, H, W) -> (N, O, H', W')``.
 
-    After :meth:`switch_to_deploy` it is one conv with bias (+ ReLU): the keys ``conv.weight`` and
-    ``conv.bias`` replace ``conv.weight`` and ``bn.*``.
+    ``padding`` defaults to ``K // 2`` ("same" at stride 1); ``act`` defaults to none. After
+    :meth:`switch_to_deploy` it is one conv with bias (+ the activation): the keys ``conv.weight``
+    and ``conv.bias`` replace ``conv.weight`` and ``bn.*``.
     """
 
     def __init__(
@@ -41,15 +42,15 @@ class ConvBNLayer(nn.Module):
         out_channels: int,
         kernel_size: int,
         stride: int = 1,
-        relu: bool = False,
+        act: nn.Module | None = None,
         groups: int = 1,
+        padding: int | None = None,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False
-        )
+        padding = kernel_size // 2 if padding is None else padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
         self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(out_channels)
-        self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
+        self.act = act if act is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -70,7 +71,7 @@ class ConvBNLayer(nn.Module):
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> ConvBNLayer:
     """Conv + BN + ReLU ("same" padding)."""
-    return ConvBNLayer(in_channels, out_channels, kernel_size, stride, relu=True)
+    return ConvBNLayer(in_channels, out_channels, kernel_size, stride, act=nn.ReLU(inplace=True))
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:

@@ -84,7 +84,7 @@ def _mixer(kind: str, channels: int, size: int, h: int, groups: int, reparam_con
     if kind == "fc3_conv9":
         return nn.Sequential(PartitionConvBlock(channels, size, size, h, h, groups), nn.ReLU(inplace=True))
     if kind == "conv9":
-        return ConvBNLayer(channels, channels, 9, relu=True, groups=groups)
+        return ConvBNLayer(channels, channels, 9, act=nn.ReLU(inplace=True), groups=groups)
     return conv_bn_relu(channels, channels, 3)
 
 

@@ -37,7 +37,8 @@ from ._checks import check_4d, check_divisible, check_positive
 from .block import ConvBN, partition, unpartition
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
 from .deploy import merge_submodules
-from .fusion import bn_scale_shift, fuse_bn_linear, fuse_conv_bn
+from .fusion import bn_scale_shift, fuse_bn_linear
+from .nets import ConvBNLayer
 from .official import register_official
 from .zoo import register_model
 
@@ -200,41 +201,13 @@ class RepMLPNetBlock(nn.Module):
         return f"C={self.channels}, h x w={self.h}x{self.w}, S={self.sets}, deployed={self.deployed}"
 
 
-class ConvBNAct(nn.Module):
-    """Conv (no bias) + BN + an activation; deployed: one conv with bias + the activation."""
-
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, act: nn.Module | None = None
-    ):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, bias=False)
-        self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(out_channels)
-        self.act = act if act is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        return self.act(x)
-
-    @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Fuse the BN into the conv (:func:`repmlp_lite.fusion.fuse_conv_bn`)."""
-        if self.bn is None:
-            raise _already_merged("the conv+BN")
-        weight, bias = fuse_conv_bn(self.conv.weight, self.conv.bias, self.bn)
-        self.conv.weight.copy_(weight)
-        self.conv.bias = nn.Parameter(bias)
-        self.bn = None
-
-
 class FFN(nn.Module):
     """1x1 conv + BN, GELU, 1x1 conv + BN: ``(N, C, H, W) -> (N, C, H, W)`` through ``C * expand`` channels."""
 
     def __init__(self, channels: int, expand: int = 4):
         super().__init__()
-        self.fc1 = ConvBNAct(channels, channels * expand, 1, act=nn.GELU())
-        self.fc2 = ConvBNAct(channels * expand, channels, 1)
+        self.fc1 = ConvBNLayer(channels, channels * expand, 1, act=nn.GELU())
+        self.fc2 = ConvBNLayer(channels * expand, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(x))
@@ -314,7 +287,7 @@ class RepMLPNet(nn.Module):
         for name, seq in [("hs", hs), ("ws", ws), ("num_blocks", num_blocks), ("sharesets", sharesets)]:
             if len(seq) != stages:
                 raise ValueError(f"{name} has {len(seq)} entries but channels has {stages}: one per stage")
-        self.embedding = ConvBNAct(in_channels, channels[0], patch_size, patch_size, act=nn.ReLU())
+        self.embedding = ConvBNLayer(in_channels, channels[0], patch_size, patch_size, act=nn.ReLU(), padding=0)
         self.stages = nn.ModuleList(
             nn.Sequential(
                 *(RepMLPNetUnit(c, h, w, s, reparam_conv_k, gate_reduction) for _ in range(blocks))
@@ -322,7 +295,7 @@ class RepMLPNet(nn.Module):
             for c, h, w, s, blocks in zip(channels, hs, ws, sharesets, num_blocks)
         )
         self.downsamples = nn.ModuleList(
-            ConvBNAct(c_in, c_out, 2, 2, act=nn.ReLU()) for c_in, c_out in zip(channels[:-1], channels[1:])
+            ConvBNLayer(c_in, c_out, 2, 2, act=nn.ReLU(), padding=0) for c_in, c_out in zip(channels[:-1], channels[1:])
         )
         self.head_norm: nn.BatchNorm2d | None = nn.BatchNorm2d(channels[-1])
         self.head = nn.Linear(channels[-1], num_classes)

@@ -251,7 +251,7 @@ def _visit(browser, base_url: str, page_name: str) -> Visit:
             next_status = context.request.get(urljoin(url, next_href)).status
         widgets_rendered = page.locator(".jupyter-widgets").count()
         sliders_rendered = page.locator(".widget-slider").count()
-        widget_views = page.locator(f"script[type='application/vnd.jupyter.widget-view+json']").count()
+        widget_views = page.locator("script[type='application/vnd.jupyter.widget-view+json']").count()
         layout = page.evaluate(LAYOUT_JS)
     finally:
         context.close()

@@ -1,7 +1,7 @@
 """Helpers for the book's pages: numbers computed in a cell, quoted in the prose.
 
 :func:`glue` hands a value to myst-nb (the book's builder), so that a sentence can quote it with
-``{glue:}`name``` and the number in the text is always the one the cell computed. In Colab or a
+``{glue:text}`name``` and the number in the text is always the one the cell computed. In Colab or a
 plain Jupyter kernel without myst-nb, the value is printed instead (or nothing, for ``display=False``).
 """
 
@@ -16,10 +16,10 @@ except ImportError:  # Colab: no myst-nb, no book
 
 
 def glue(name: str, value: Any, display: bool = False) -> Any:
-    """Make ``value`` quotable in the book's text as ``{glue:}`name```; returns ``value``.
+    """Make ``value`` quotable in the book's text as ``{glue:text}`name```; returns ``value``.
 
-    Format numbers before gluing (``f"{x:.2f}"``) or with the role's format spec
-    (``{glue:text}`name:.2f```).
+    Glue strings formatted in the cell (``f"{x:.2f}"``) and quote them with ``{glue:text}``: the
+    plain ``{glue:}`` role shows a string's repr, quotes included.
     """
     if _myst_glue is not None:
         _myst_glue(name, value, display=display)

@@ -23,9 +23,11 @@ a slow moment of a shared machine hits all of them. A latency is the median over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import os
+import sys
 import platform
 import statistics
 import time
@@ -233,6 +235,21 @@ TIME_CATEGORIES = {
 }
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the process's stderr (file descriptor 2): the profiler's C++ library (Kineto) writes
+    a line there when it starts and stops, which would land in every notebook output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 @torch.no_grad()
 def time_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, iters: int = 20) -> dict[str, float]:
     """Where ``fn(x)``'s time goes, by ``torch.profiler``: ms per call for each category of
@@ -244,11 +261,11 @@ def time_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, iters: in
     """
     for _ in range(2):
         fn(x)
-    start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()  # after the profiler has started
         for _ in range(iters):
             fn(x)
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
     ms: dict[str, float] = {name: 0.0 for name in dict.fromkeys(TIME_CATEGORIES.values())} | {"other": 0.0}
     for event in prof.key_averages():
         ms[TIME_CATEGORIES.get(event.key, "other")] += event.self_cpu_time_total / 1e3 / iters

@@ -50,7 +50,7 @@ CHAPTERS = [
     "notebooks/06_costs",
 ]
 # Every page of the book, in the order of its "next" links.
-PAGES = ["book/intro", "book/reading_guide", *CHAPTERS, "book/references"]
+PAGES = ["book/intro", "book/reading_guide", *CHAPTERS, "book/timing", "book/references"]
 
 COLAB_PREFIX = "https://colab.research.google.com/github/repmlp-by-hand/repmlp-by-hand/blob/main/"
 

@@ -186,6 +186,8 @@ class BareMatmuls:
 # ---- where the merged block's time and memory traffic go ---------------------------------------------
 
 _PRODUCTS = {torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm, torch.ops.aten.baddbmm}
+# ops that return their input's memory without being marked as views: ``reshape`` of a fresh copy
+_NOT_COPIES = _PRODUCTS | {torch.ops.aten._unsafe_view, torch.ops.aten.alias, torch.ops.aten.lift_fresh}
 
 
 class _WrittenBytes(TorchDispatchMode):
@@ -197,7 +199,7 @@ class _WrittenBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.overloadpacket not in _PRODUCTS and not func.is_view:
+        if func.overloadpacket not in _NOT_COPIES and not func.is_view:
             self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
         return out
 

@@ -255,23 +255,31 @@ def _quiet_stderr():
 @torch.no_grad()
 def time_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, iters: int = 20) -> dict[str, float]:
     """Where ``fn(x)``'s time goes, by ``torch.profiler``: ms per call for each category of
-    :data:`TIME_CATEGORIES` (self CPU time of the ops in it), ``"other"`` for every other op
-    (views, allocations, dispatch), and ``"total"``, the profiled wall time per call.
+    :data:`TIME_CATEGORIES`, ``"other"`` for every other op (views, allocations), and ``"total"``,
+    the median wall time of one profiled call.
+
+    An op's time is the median of the self CPU times of its ``iters`` calls with the same input
+    shapes, times the number of such calls per forward: on a shared machine a call that was
+    interrupted by another process is an outlier, and a median ignores it where a sum would not.
 
     On a merged block the products are FC3 (``baddbmm``) and FC1, FC2 (``addmm``); the global
     perceptron's other work is pooling, ReLU and the in-place add of its correction.
     """
     for _ in range(2):
         fn(x)
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()  # after the profiler has started
+    walls = []
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(iters):
+            start = time.perf_counter()
             fn(x)
-        wall = time.perf_counter() - start
+            walls.append(time.perf_counter() - start)
+    calls: dict[tuple[str, str], list[float]] = {}
+    for event in prof.events():
+        calls.setdefault((event.key, str(event.input_shapes)), []).append(event.self_cpu_time_total / 1e3)
     ms: dict[str, float] = {name: 0.0 for name in dict.fromkeys(TIME_CATEGORIES.values())} | {"other": 0.0}
-    for event in prof.key_averages():
-        ms[TIME_CATEGORIES.get(event.key, "other")] += event.self_cpu_time_total / 1e3 / iters
-    ms["total"] = wall * 1e3 / iters
+    for (name, _), times in calls.items():
+        ms[TIME_CATEGORIES.get(name, "other")] += statistics.median(times) * len(times) / iters
+    ms["total"] = statistics.median(walls) * 1e3
     return ms
 
 

@@ -4,9 +4,12 @@ The helpers at the top (:func:`count_parameters`, :func:`count_flops`, :func:`la
 by the chapters. The rest is the benchmark behind chapter 6, ``python -m repmlp_lite.bench``:
 
 * :func:`count_table`: parameters and FLOPs of a block by partition size and groups (no timing).
-* :func:`block_table`: RepMLP blocks at the paper's settings. Latency of the training form (eval
-  mode), the merged form, the merged form's three matrix products alone (:class:`BareMatmuls`, the
-  limit the merged block can approach) and a 3x3 conv + BN + ReLU with the same input and output.
+* :func:`block_table`: RepMLP blocks over partition sizes, partitions per image, channels, groups
+  and batch sizes. Latency of the merged form against its three matrix products alone
+  (:class:`BareMatmuls`, in the best of two weight layouts: the limit), and of the training form
+  (eval mode) and a 3x3 conv + BN + ReLU with the same input and output; the bytes the merged
+  form writes outside its products (:func:`copy_bytes`). :func:`time_breakdown` splits a forward's
+  time by ``torch.profiler`` into products, copies and the global perceptron.
 * :func:`bottleneck_table`: the RepMLP bottleneck and Light block against the plain ResNet bottleneck.
 * :func:`deploy_table`: how long :func:`~repmlp_lite.conv_as_fc.conv_to_fc` and a whole-model
   :func:`~repmlp_lite.deploy.deploy` take, against the size of the FC kernels they build.
@@ -20,17 +23,24 @@ a slow moment of a shared machine hits all of them. A latency is the median over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import os
+import sys
 import platform
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils import benchmark
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .block import RepMLPBlock, unpartition
@@ -101,51 +111,63 @@ def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
 
 
 class BareMatmuls:
-    """The merged block's three matrix products as bare ``torch.matmul`` on ready-made operands.
+    """The merged block's three matrix products alone, on ready-made operands, in two layouts.
 
-    FC1 ``(N, C*P) @ (C*P, C*P/r)``, FC2 ``(N, C*P/r) @ (C*P/r, C*P)`` and FC3 as one batched
-    matmul over the groups, ``(g, M, C*h*w/g) @ (g, C*h*w/g, O*h*w/g)`` (``P`` partitions per image,
-    ``M = N*P``), every operand contiguous. The operands are the very inputs the block's FC1 and
-    FC3 receive on ``x`` (captured with forward hooks), so :meth:`block_output` rebuilds the block's
-    output from these products: the same numbers, none of the reshaping, pooling, adding or copying
-    around them. Calling it is the least a merged block can cost on this hardware.
+    FC1 ``(N, C*P) x (C*P, C*P/r)``, FC2 ``(N, C*P/r) x (C*P/r, C*P)`` and FC3 as one batched
+    matmul over the groups, ``(g, M, C*h*w/g) x (g, C*h*w/g, O*h*w/g)`` (``P`` partitions per
+    image, ``M = N*P``). The operands are the very ones the merged block multiplies on ``x``
+    (FC3's from :meth:`RepMLPBlock.grouped_input`, FC1's captured by a forward hook), so
+    :meth:`block_output` rebuilds the block's output from these products: the same numbers, none
+    of the copying, pooling or adding around them.
+
+    Which layout of the weights a BLAS multiplies fastest depends on the shapes and the machine,
+    so the limit is the best of two (:meth:`layouts`): ``"transposed"``, ``torch.matmul`` on
+    weights transposed in advance into contiguous ``(in, out)`` matrices, and ``"as stored"``,
+    ``F.linear`` / ``torch.bmm`` reading the stored ``(out, in)`` weights transposed (what
+    ``nn.Linear`` and the merged block do).
     """
 
     def __init__(self, block: RepMLPBlock, x: torch.Tensor):
         if not block.deployed:
             raise ValueError("BareMatmuls needs a merged block: call switch_to_deploy() or deploy() first")
         self.block, self.batch = block, x.shape[0]
-        captured: dict[str, torch.Tensor] = {}
-
-        def keep(name: str):
-            return lambda module, inputs, output: captured.__setitem__(name, inputs[0].detach())
-
         gp = block.global_perceptron
-        modules = {"fc3": block.fc3} | ({"fc1": gp.fc1} if gp is not None else {})
-        hooks = [module.register_forward_hook(keep(name)) for name, module in modules.items()]
+        captured: list[torch.Tensor] = []
+        hook = gp.fc1.register_forward_hook(lambda m, i, o: captured.append(i[0].detach())) if gp else None
         try:
             with torch.no_grad():
-                block(x)
+                self.fc3_input = block.grouped_input(x).contiguous()  # (g, M, in/g)
         finally:
-            for hook in hooks:
+            if hook is not None:
                 hook.remove()
 
         g, weight = block.groups, block.fc3.weight.detach()
-        m = captured["fc3"].shape[0]
-        self.fc3_input = captured["fc3"].reshape(m, g, -1).transpose(0, 1).contiguous()  # (g, M, in/g)
-        self.fc3_weight = weight.reshape(g, -1, weight.shape[1]).transpose(1, 2).contiguous()  # (g, in/g, out/g)
+        self.fc3_weight_stored = weight.reshape(g, -1, weight.shape[1])  # (g, out/g, in/g), a view
+        self.fc3_weight = self.fc3_weight_stored.transpose(1, 2).contiguous()  # (g, in/g, out/g)
         self.fc1_input = self.fc1_weight = self.fc2_weight = None
         if gp is not None:
-            self.fc1_input = captured["fc1"].contiguous()  # (N, C*P)
+            self.fc1_input = captured[0].contiguous()  # (N, C*P)
             self.fc1_weight = gp.fc1.weight.detach().t().contiguous()  # (C*P, C*P/r)
             self.fc2_weight = gp.fc2.weight.detach().t().contiguous()  # (C*P/r, C*P)
 
     def __call__(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The products ``(FC2 of FC1, FC3)``; ``x`` is ignored (the operands are fixed)."""
+        """The products ``(FC2 of FC1, FC3)`` on the transposed weights; ``x`` is ignored."""
         fc2 = None
         if self.fc1_input is not None:
             fc2 = torch.matmul(torch.matmul(self.fc1_input, self.fc1_weight), self.fc2_weight)
         return fc2, torch.matmul(self.fc3_input, self.fc3_weight)
+
+    def as_stored(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The same products on the weights as stored, read transposed; ``x`` is ignored."""
+        fc2 = None
+        gp = self.block.global_perceptron
+        if self.fc1_input is not None:
+            fc2 = F.linear(F.linear(self.fc1_input, gp.fc1.weight), gp.fc2.weight)
+        return fc2, torch.bmm(self.fc3_input, self.fc3_weight_stored.transpose(1, 2))
+
+    def layouts(self) -> dict[str, Callable[[torch.Tensor | None], Any]]:
+        """``{layout name: the products in that layout}``, for :func:`interleaved_ms`."""
+        return {"transposed": self, "as stored": self.as_stored}
 
     def block_output(self, fc3_product: torch.Tensor) -> torch.Tensor:
         """The block's output ``(N, O, H, W)`` from the FC3 product: add the bias, undo the layout."""
@@ -161,6 +183,106 @@ class BareMatmuls:
             n, features = self.fc1_input.shape
             total += 2 * 2 * n * features * self.fc1_weight.shape[1]  # FC1 and FC2: the same size
         return total
+
+
+# ---- where the merged block's time and memory traffic go ---------------------------------------------
+
+_PRODUCTS = {torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm, torch.ops.aten.baddbmm}
+# ops that return their input's memory without being marked as views: ``reshape`` of a fresh copy
+_NOT_COPIES = _PRODUCTS | {torch.ops.aten._unsafe_view, torch.ops.aten.alias, torch.ops.aten.lift_fresh}
+
+
+class _WrittenBytes(TorchDispatchMode):
+    """Adds up the bytes written by every op that is neither a matrix product nor a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket not in _NOT_COPIES and not func.is_view:
+            self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+@torch.no_grad()
+def copy_bytes(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
+    """Bytes per image that ``fn(x)`` writes outside its matrix products (``mm``, ``bmm``,
+    ``addmm``, ``baddbmm``) and views: the copies, the element-wise passes and their results.
+
+    ``fn`` is called once before counting (caches filled). A matrix product that adds a bias
+    writes it into its output first; that pass is the product's and not counted.
+    """
+    fn(x)
+    with _WrittenBytes() as counter:
+        fn(x)
+    return counter.bytes // x.shape[0]
+
+
+# op name (torch.profiler) -> what it does in the merged block's forward
+TIME_CATEGORIES = {
+    "aten::baddbmm": "FC3 product",
+    "aten::bmm": "FC3 product",
+    "aten::addmm": "FC1, FC2 products",
+    "aten::mm": "FC1, FC2 products",
+    "aten::index_select": "copies in and out",
+    "aten::copy_": "copies in and out",
+    "aten::cat": "copies in and out",
+    "aten::stack": "copies in and out",
+    "aten::mean": "pool, ReLU, add v",
+    "aten::sum": "pool, ReLU, add v",
+    "aten::div_": "pool, ReLU, add v",
+    "aten::relu": "pool, ReLU, add v",
+    "aten::add_": "pool, ReLU, add v",
+    "aten::add": "pool, ReLU, add v",
+}
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the process's stderr (file descriptor 2): the profiler's C++ library (Kineto) writes
+    a line there when it starts and stops, which would land in every notebook output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@torch.no_grad()
+def time_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, iters: int = 20) -> dict[str, float]:
+    """Where ``fn(x)``'s time goes, by ``torch.profiler``: ms per call for each category of
+    :data:`TIME_CATEGORIES`, ``"other"`` for every other op (views, allocations), and ``"total"``,
+    the median wall time of one profiled call.
+
+    An op's time is the median of the self CPU times of its ``iters`` calls with the same input
+    shapes, times the number of such calls per forward: on a shared machine a call that was
+    interrupted by another process is an outlier, and a median ignores it where a sum would not.
+
+    On a merged block the products are FC3 (``baddbmm``) and FC1, FC2 (``addmm``); the global
+    perceptron's other work is pooling, ReLU and the in-place add of its correction.
+    """
+    for _ in range(2):
+        fn(x)
+    walls = []
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn(x)
+            walls.append(time.perf_counter() - start)
+    calls: dict[tuple[str, str], list[float]] = {}
+    for event in prof.events():
+        calls.setdefault((event.key, str(event.input_shapes)), []).append(event.self_cpu_time_total / 1e3)
+    ms: dict[str, float] = {name: 0.0 for name in dict.fromkeys(TIME_CATEGORIES.values())} | {"other": 0.0}
+    for (name, _), times in calls.items():
+        ms[TIME_CATEGORIES.get(name, "other")] += statistics.median(times) * len(times) / iters
+    ms["total"] = statistics.median(walls) * 1e3
+    return ms
 
 
 # ---- counting only: parameters and FLOPs ------------------------------------------------------------
@@ -218,23 +340,25 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def block_configs(quick: bool = False) -> list[dict[str, int]]:
-    """The block settings measured: ``h = w`` in {7, 8}, ``H = W = 2h`` (4 partitions), groups 1-8,
-    channels 64-256, batch 1 and 32, keeping a setting when FC3 has at most 2**25 weights
-    (``C*O*h^2*w^2/g``: 128 MiB in float32), so that the sweep runs in minutes on a CPU; and the
-    paper's widest channels once, C = 512 with h = 7, g = 8 (300 MiB).
-    ``quick``: C = 64, h = 8, g in {1, 4}.
+def block_configs(quick: bool = False, max_fc3: int = 2**25) -> list[dict[str, int]]:
+    """The block settings measured: ``h = w`` in {7, 8, 10}, ``parts`` = 1 to 4 partitions per side
+    (1, 4, 9, 16 per image, on ``H = W = parts * h`` maps), ``C = O`` in {64, 128, 256, 512},
+    ``g`` in {1, 2, 4, 8}, batch 1, 8 and 32; a setting is kept when FC3 has at most ``max_fc3``
+    weights (``C*O*h^2*w^2/g``; 2**25 is 128 MiB in float32), so that the sweep fits a CPU's
+    memory and an afternoon; and C = 512 once, with h = 7, g = 8 (300 MiB) on 1 and 4 partitions.
+    ``quick``: C = 64, h = 8, 2 x 2 partitions, g in {1, 4}, batch 1 and 32.
     """
     if quick:
-        return [dict(channels=64, h=8, groups=g, batch=n) for g in (1, 4) for n in (1, 32)]
-    configs = []
-    for h in (7, 8):
-        for channels in (64, 128, 256, 512):
-            for groups in (1, 2, 4, 8):
-                fits = channels**2 * h**4 // groups <= 2**25 or (channels, h, groups) == (512, 7, 8)
-                if fits:
-                    configs += [dict(channels=channels, h=h, groups=groups, batch=n) for n in (1, 32)]
-    return configs
+        return [dict(channels=64, h=8, groups=g, batch=n, parts=2) for g in (1, 4) for n in (1, 32)]
+    return [
+        dict(channels=c, h=h, groups=g, batch=n, parts=k)
+        for h in (7, 8, 10)
+        for c in (64, 128, 256, 512)
+        for g in (1, 2, 4, 8)
+        for k in (1, 2, 3, 4)
+        if c * c * h**4 // g <= max_fc3 or ((c, h, g) == (512, 7, 8) and k <= 2)
+        for n in (1, 8, 32)
+    ]
 
 
 def measure_block(
@@ -242,52 +366,69 @@ def measure_block(
     h: int,
     groups: int,
     batch: int,
+    parts: int = 2,
     device: str = "cpu",
     rounds: int = 3,
     min_run_time: float = 0.1,
     seed: int = 0,
+    baselines: bool = True,
 ) -> dict[str, Any]:
-    """One row of :func:`block_table`: a ``C -> C`` RepMLP block on ``(batch, C, 2h, 2h)`` with ``h x h`` partitions.
+    """One row of :func:`block_table`: a ``C -> C`` RepMLP block on ``(batch, C, parts*h, parts*h)``
+    with ``h x h`` partitions (``P = parts**2`` per image).
 
-    Returns parameters, FLOPs (``count_flops``) and latency (ms) of the training form (eval mode),
-    the merged form, its :class:`BareMatmuls` and the conv baseline (3x3 conv + BN + ReLU), and the
-    ratios ``merged/train``, ``merged/bare`` and ``merged/conv``.
+    Times, interleaved: the merged form, its :class:`BareMatmuls` in each layout (``bare_ms`` is
+    the fastest layout, named in ``bare_layout``), and with ``baselines`` the training form (eval
+    mode) and the conv baseline (3x3 conv + BN + ReLU). Ratios: ``merged/bare`` (per round, over
+    the fastest layout of that round), ``merged/train``, ``merged/conv``. Also parameters, FLOPs
+    and ``copies``: bytes per image the merged form writes outside its products (:func:`copy_bytes`),
+    next to ``io_bytes``, its input plus output per image.
     """
     torch.manual_seed(seed)
-    size = 2 * h
+    size = parts * h
     train = randomize_bn(RepMLPBlock(channels, channels, size, size, h, h, groups, reduction=4), seed).eval()
     merged = deploy(train)
     conv = randomize_bn(conv_bn_relu(channels, channels, 3), seed).eval()
     x = torch.randn(batch, channels, size, size)
     train, merged, conv, x = train.to(device), merged.to(device), conv.to(device), x.to(device)
     bare = BareMatmuls(merged, x)
+    layouts = {f"bare {name}": fn for name, fn in bare.layouts().items()}
 
-    times = interleaved_ms({"train": train, "merged": merged, "bare": bare, "conv": conv}, x, rounds, min_run_time)
+    fns = {"merged": merged} | layouts | ({"train": train, "conv": conv} if baselines else {})
+    times = interleaved_ms(fns, x, rounds, min_run_time)
+    times["bare"] = [min(t[i] for name, t in times.items() if name in layouts) for i in range(rounds)]
     ms = median_ms(times)
-    return {
+    row = {
         "table": "block",
         "C": channels,
         "H": size,
         "h": h,
+        "P": parts**2,
         "groups": groups,
         "batch": batch,
-        "train_ms": ms["train"],
+        "merged/bare": median_ratio(times, "merged", "bare"),
         "merged_ms": ms["merged"],
         "bare_ms": ms["bare"],
-        "conv_ms": ms["conv"],
-        "merged/train": median_ratio(times, "merged", "train"),
-        "merged/bare": median_ratio(times, "merged", "bare"),
-        "merged/conv": median_ratio(times, "merged", "conv"),
-        "params_train": count_parameters(train),
+        "bare_layout": min(layouts, key=lambda name: ms[name]).removeprefix("bare "),
+        "copies": copy_bytes(merged, x),
+        "io_bytes": 2 * channels * size * size * x.element_size(),
         "params_merged": count_parameters(merged),
-        "params_conv": count_parameters(conv),
         "fc3_params": merged.fc3.weight.numel(),  # C*O*h^2*w^2/g
         "one_fc_params": channels * channels * size**4,  # one FC over the whole map: C*O*H^2*W^2
-        "flops_train": count_flops(train, x),
         "flops_merged": count_flops(merged, x),
         "flops_bare": bare.flops(),
-        "flops_conv": count_flops(conv, x),
     }
+    if baselines:
+        row |= {
+            "merged/train": median_ratio(times, "merged", "train"),
+            "merged/conv": median_ratio(times, "merged", "conv"),
+            "train_ms": ms["train"],
+            "conv_ms": ms["conv"],
+            "params_train": count_parameters(train),
+            "params_conv": count_parameters(conv),
+            "flops_train": count_flops(train, x),
+            "flops_conv": count_flops(conv, x),
+        }
+    return row
 
 
 def block_table(
@@ -296,10 +437,12 @@ def block_table(
     rounds: int = 3,
     min_run_time: float = 0.1,
     configs: Sequence[dict[str, int]] | None = None,
+    baselines: bool = True,
 ) -> list[dict[str, Any]]:
     """:func:`measure_block` over ``configs`` (default: :func:`block_configs` of ``quick``)."""
     configs = block_configs(quick) if configs is None else configs
-    return [measure_block(**config, device=device, rounds=rounds, min_run_time=min_run_time) for config in configs]
+    timing = dict(device=device, rounds=rounds, min_run_time=min_run_time, baselines=baselines)
+    return [measure_block(**config, **timing) for config in configs]
 
 
 # ---- the RepMLP-ResNet bottleneck and Light block --------------------------------------------------
@@ -557,8 +700,8 @@ def repmlpnet_count_table() -> list[dict[str, Any]]:
 
 # Columns printed per table (all columns go to the CSV): ratios first, then the times behind them.
 COLUMNS = {
-    "block": ["C", "h", "groups", "batch", "merged/train", "merged/bare", "merged/conv",
-              "train_ms", "merged_ms", "bare_ms", "conv_ms", "fc3_params", "flops_merged", "flops_conv"],
+    "block": ["C", "h", "P", "groups", "batch", "merged/bare", "merged/train", "merged/conv",
+              "merged_ms", "bare_ms", "bare_layout", "train_ms", "conv_ms", "copies", "io_bytes"],
     "bottleneck": ["kind", "C", "h", "groups", "batch", "merged/train", "merged/resnet",
                    "train_ms", "merged_ms", "resnet_ms", "params_merged", "params_resnet"],
     "deploy": ["what", "C", "fc_kernel_entries", "ms"],
@@ -624,6 +767,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repmlpnet-only", action="store_true", help="time RepMLPNet-B224 only")
     parser.add_argument("--paper", action="store_true",
                         help="only the paper's speed claims: deployed zoo nets vs ResNet-50/101 (CPU, 2 threads)")
+    parser.add_argument("--blocks-only", action="store_true",
+                        help="only the block sweep, merged form against its bare matmuls (no training form, no conv)")
     args = parser.parse_args(argv)
     if args.paper:
         return paper_main(args.quick, args.rounds, args.min_run_time, args.threads or 2, args.csv)
@@ -637,12 +782,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.repmlpnet_only:
         tables = {"repmlpnet": repmlpnet_table(args.quick, args.device, **timing)}
         return _report(tables, args.csv)
-    tables = {
-        "block": block_table(args.quick, args.device, **timing),
-        "bottleneck": bottleneck_table(args.quick, args.device, **timing),
-        "deploy": deploy_table(args.quick, args.device),
-    }
-    if args.device == "cpu":
+    tables = {"block": block_table(args.quick, args.device, **timing, baselines=not args.blocks_only)}
+    if not args.blocks_only:
+        tables["bottleneck"] = bottleneck_table(args.quick, args.device, **timing)
+        tables["deploy"] = deploy_table(args.quick, args.device)
+    if args.device == "cpu" and not args.blocks_only:
         tables["engine"] = engine_table(args.quick, **timing)
     if args.repmlpnet:
         tables["repmlpnet"] = repmlpnet_table(args.quick, args.device, **timing)

@@ -14,10 +14,17 @@ Training form, on an input ``(N, C, H, W)`` cut into ``h x w`` partitions
 Inference form (:meth:`RepMLPBlock.switch_to_deploy`): the global perceptron's BN is absorbed
 into FC1, and FC3+BN plus every conv+BN branch become one FC3 kernel and bias
 (:mod:`repmlp_lite.fusion`, :mod:`repmlp_lite.conv_as_fc`). The outputs do not change.
+
+The merged form has its own forward (:meth:`RepMLPBlock.merged_forward`), written for speed: one
+copy from ``(N, C, H, W)`` straight into the grouped matmul's operand ``(g, N*P, C/g*h*w)``, the
+global perceptron's correction added to that operand in place, one batched matmul that adds
+FC3's bias, and one copy back to ``(N, O, H, W)``. The training form keeps the readable
+``partition -> FCs -> unpartition`` of the paper's figure.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -33,33 +40,44 @@ from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 def partition(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Cut ``(N, C, H, W)`` into ``h x w`` partitions: ``(N * H/h * W/w, C, h, w)``.
 
-    It is ``x.reshape(N, C, H/h, h, W/w, w).permute(0, 2, 4, 1, 3, 5)`` made contiguous, done
-    in two copies (the reshapes in between are free views). One copy of that 6-d permute reads
-    runs of only ``w`` numbers scattered over the whole image; in two steps the short runs are
-    cut from one row of partitions at a time, which stays in cache. About 1.5-2x faster on a
-    CPU (``python -m repmlp_lite.bench``), the same numbers.
+    Two free views around one copy: ``reshape`` to ``(N, C, H/h, h, W/w, w)``, ``permute`` the
+    partition indices in front, and ``reshape`` to the partitions, which copies (chapter 4).
     """
     n, c, height, width = x.shape
-    # 1. each row of partitions in front of the channels: runs of h*W numbers move at once
-    rows = x.reshape(n, c, height // h, h, width).transpose(1, 2).contiguous()  # (N, H/h, C, h, W)
-    # 2. cut every row into its W/w partitions and stack them: (N, H/h, W/w, C, h, w)
-    parts = torch.stack(rows.split(w, dim=-1), dim=2)
-    return parts.reshape(-1, c, h, w)
+    x = x.reshape(n, c, height // h, h, width // w, w).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, c, h, w)
 
 
 def unpartition(parts: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of :func:`partition`: ``(N * H/h * W/w, O, h, w)`` back to ``(N, O, H, W)``.
-
-    Also two copies, mirroring :func:`partition`. One copy of the inverse permute would write
-    each output row in pieces of ``w`` numbers taken from ``W/w`` different partitions, about
-    3x slower on a CPU.
-    """
+    """Inverse of :func:`partition`: ``(N * H/h * W/w, O, h, w)`` back to ``(N, O, H, W)``, one copy."""
     _, o, h, w = parts.shape
     parts = parts.reshape(n, height // h, width // w, o, h, w)
-    # 1. glue the partitions of each row side by side: (N, H/h, O, h, W)
-    rows = torch.cat(parts.unbind(2), dim=-1)
-    # 2. the channels back in front of the rows: runs of h*W numbers move at once
-    return rows.transpose(1, 2).reshape(n, o, height, width)
+    return parts.permute(0, 3, 1, 4, 2, 5).reshape(n, o, height, width)
+
+
+def _row_order(sizes: tuple[int, ...], dims: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``arange`` over a tensor of ``sizes``, permuted by ``dims`` and flattened: ``(prod(sizes),)`` int64.
+
+    Gathering rows with it (``index_select``) is the copy ``t.view(sizes).permute(dims)`` made
+    contiguous, for a tensor ``t`` whose last dimension (not in ``sizes``) is kept whole.
+    """
+    return torch.arange(math.prod(sizes), device=device).view(sizes).permute(dims).reshape(-1)
+
+
+_cached_row_order = functools.lru_cache(maxsize=32)(_row_order)
+
+
+def _gather_rows(t: torch.Tensor, w: int, sizes: tuple[int, ...], dims: tuple[int, ...]) -> torch.Tensor:
+    """``t`` as rows of ``w`` contiguous numbers, ``(prod(sizes), w)``, reordered as ``view(sizes).permute(dims)``.
+
+    One copy. A row is ``w`` numbers contiguous in both layouts, so ``index_select`` moves it in
+    one piece; PyTorch's strided copy of the same permute runs an inner loop only ``w`` long and
+    was 1x to 4x slower in the settings measured while writing this. The index depends on shapes
+    only and is cached, except while tracing or exporting (where the batch size may be symbolic).
+    """
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    order = (_row_order if tracing else _cached_row_order)(sizes, dims, t.device)
+    return torch.index_select(t.reshape(-1, w), 0, order)
 
 
 class GroupedFC(nn.Module):
@@ -214,6 +232,15 @@ class RepMLPBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merged_forward(x) if self.deployed else self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's forward written plainly: partition, the three perceptrons, unpartition.
+
+        What :meth:`forward` runs before merging. It also runs on a merged block (no BN, no conv
+        branches then), with the same result as :meth:`merged_forward`, only slower: it is the
+        reference the fast path is checked and timed against.
+        """
         self._check_input(x)
         n, c = x.shape[:2]
         parts = partition(x, self.h, self.w)  # (M, C, h, w), M = N * H/h * W/w
@@ -231,6 +258,44 @@ class RepMLPBlock(nn.Module):
                 out = out + branch(parts).reshape(out.shape)
         out = out.reshape(-1, self.out_channels, self.h, self.w)
         return unpartition(out, n, self.H, self.W)
+
+    def grouped_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The merged FC3's operand: ``(N, C, H, W) -> (g, N*P, C/g*h*w)``, contiguous, with the global
+        perceptron's correction already added (``P = H/h * W/w``; rows ordered image, partition row,
+        partition column). The same operand as in :meth:`reference_forward`, in the layout of
+        :meth:`merged_forward`.
+
+        One copy of ``x`` (:func:`_gather_rows`), then the correction ``v`` (one value per channel
+        and partition) added in place: FC3 sees ``x + v``, as in the training form.
+        """
+        n, c = x.shape[:2]
+        g, hp, wp = self.groups, self.H // self.h, self.W // self.w
+        # x as rows of w numbers: (N, g, C/g, H/h, h, W/w) -> (g, N, H/h, W/w, C/g, h)
+        rows = _gather_rows(x, self.w, (n, g, c // g, hp, self.h, wp), (1, 0, 3, 5, 2, 4))
+        parts = rows.view(g, n * hp * wp, c // g, self.h * self.w)
+        if self.global_perceptron is not None:
+            pooled = parts.mean(-1).view(g, n, hp, wp, c // g).permute(1, 0, 4, 2, 3)  # (N, g, C/g, H/h, W/w)
+            v = self.global_perceptron.from_pooled(pooled.reshape(n, c, hp, wp))
+            parts += v.view(n, g, c // g, hp * wp).permute(1, 0, 3, 2).reshape(g, -1, c // g, 1)
+        return parts.view(g, n * hp * wp, -1)
+
+    def merged_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The merged block's forward (what :meth:`forward` runs once merged): ``(N, C, H, W) -> (N, O, H, W)``.
+
+        :meth:`grouped_input` (one copy in), FC3 as one ``baddbmm`` over the groups on the weight
+        as stored ``(g, O/g*h*w, C/g*h*w)`` (read transposed, no copy) with the bias added by the
+        matmul, and one copy back from ``(g, N, H/h, W/w, O/g, h, w)`` to ``(N, O, H, W)``.
+        """
+        if not self.deployed:
+            raise ValueError("merged_forward needs the merged block: call switch_to_deploy() first")
+        self._check_input(x)
+        n = x.shape[0]
+        g, o, hp, wp = self.groups, self.out_channels, self.H // self.h, self.W // self.w
+        weight = self.fc3.weight.view(g, -1, self.fc3.weight.shape[1])  # (g, O/g*h*w, C/g*h*w)
+        out = torch.baddbmm(self.fc3.bias.view(g, 1, -1), self.grouped_input(x), weight.transpose(1, 2))
+        # (g, N, H/h, W/w, O/g, h) rows of w numbers -> (N, g, O/g, H/h, h, W/w) = (N, O, H, W)
+        rows = _gather_rows(out, self.w, (g, n, hp, wp, o // g, self.h), (1, 0, 4, 2, 5, 3))
+        return rows.view(n, o, self.H, self.W)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_4d("input", x)

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repmlp_lite.bench import BareMatmuls, count_flops, measure_block, write_csv
+from repmlp_lite.bench import (
+    TIME_CATEGORIES, BareMatmuls, block_configs, copy_bytes, count_flops, measure_block, time_breakdown, write_csv,
+)
 from repmlp_lite.block import RepMLPBlock
 from repmlp_lite.deploy import deploy
 from repmlp_lite.export import conv_nodes, export_onnx, merged_small_repmlp_resnet, onnxruntime_fn, round_trip
@@ -183,3 +185,70 @@ def test_exported_merged_block_has_no_conv_but_the_training_form_has(train_steps
     counts = conv_nodes(export_onnx(train, x[:1]))
     assert counts.total == len(kwargs.get("reparam_conv_k", (1, 3, 5)))
     assert counts.in_blocks == counts.total
+
+
+# ---- the limit in two layouts, the copies, the time breakdown -----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["g4", "g2_C!=O_nonsquare"])
+def test_bare_matmul_layouts_compute_the_same_products(name, train_steps, randomize_bn):
+    kwargs = BLOCKS[name]
+    block = _merged_block(train_steps, randomize_bn, **kwargs).double()
+    bare = BareMatmuls(block, torch.randn(3, kwargs["in_channels"], kwargs["H"], kwargs["W"], dtype=torch.float64))
+    assert set(bare.layouts()) == {"transposed", "as stored"}
+    assert bare.fc3_weight_stored.data_ptr() == block.fc3.weight.data_ptr()  # a view, not a copy
+    (fc2_t, fc3_t), (fc2_s, fc3_s) = bare(), bare.as_stored()
+    torch.testing.assert_close(fc3_s, fc3_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fc2_s, fc2_t, rtol=1e-12, atol=1e-12)
+
+
+def test_copy_bytes_counts_the_copies_not_the_products():
+    x = torch.randn(4, 8, 8, 8)
+    assert copy_bytes(lambda t: t.clone(), x) == 8 * 8 * 8 * 4  # one copy of an image per image
+    assert copy_bytes(lambda t: t.view(4, -1), x) == 0  # a view moves nothing
+    weight = torch.ones(512, 3)
+    assert copy_bytes(lambda t: t.reshape(4, -1) @ weight, x) == 0  # a product is not a copy
+    merged = deploy(RepMLPBlock(8, 8, 8, 8, 4, 4, groups=2, global_perceptron=False))
+    image = 8 * 8 * 8 * 4
+    assert copy_bytes(merged, x) == 2 * image  # one copy in, one copy out
+    assert copy_bytes(merged.reference_forward, x) > 2 * image  # the readable path copies more
+
+
+def test_time_breakdown_splits_a_merged_block():
+    merged = deploy(RepMLPBlock(8, 8, 8, 8, 4, 4, groups=2, reduction=2)).eval()
+    ms = time_breakdown(merged, torch.randn(4, 8, 8, 8), iters=3)
+    assert set(ms) == set(TIME_CATEGORIES.values()) | {"other", "total"}
+    for category in ("FC3 product", "FC1, FC2 products", "copies in and out", "pool, ReLU, add v"):
+        assert ms[category] > 0, category
+    assert sum(v for k, v in ms.items() if k != "total") <= ms["total"] * 1.5
+
+
+def test_block_configs_cover_the_sweep():
+    configs = block_configs()
+    assert {c["h"] for c in configs} == {7, 8, 10}
+    assert {c["parts"] ** 2 for c in configs} == {1, 4, 9, 16}
+    assert {c["channels"] for c in configs} == {64, 128, 256, 512}
+    assert {c["groups"] for c in configs} == {1, 2, 4, 8}
+    assert {c["batch"] for c in configs} == {1, 8, 32}
+    for c in configs:
+        fc3 = c["channels"] ** 2 * c["h"] ** 4 // c["groups"]
+        assert fc3 <= 2**25 or (c["channels"], c["h"], c["groups"]) == (512, 7, 8)
+
+
+def test_measure_block_without_baselines():
+    row = measure_block(channels=8, h=2, groups=2, batch=2, parts=3, rounds=1, min_run_time=0.001, baselines=False)
+    assert "merged/train" not in row and "train_ms" not in row
+    assert row["P"] == 9 and row["H"] == 6
+    assert row["bare_layout"] in {"transposed", "as stored"}
+    assert row["bare_ms"] > 0 and row["merged/bare"] > 0
+    assert row["copies"] >= row["io_bytes"] > 0
+
+
+def test_copy_bytes_of_the_readable_forward_counts_each_copy_once():
+    """The readable (training-form) path on merged weights: partition, x + v, the group transpose
+    after FC3, unpartition: 4 images, plus the global perceptron's small vectors."""
+    merged = deploy(RepMLPBlock(8, 8, 8, 8, 4, 4, groups=2, reduction=2))
+    x = torch.randn(4, 8, 8, 8)
+    image = 8 * 8 * 8 * 4
+    assert 4 * image <= copy_bytes(merged.reference_forward, x) < 4.5 * image
+    assert 3 * image <= copy_bytes(merged, x) < 3.5 * image  # copy in, add v in place, copy out

@@ -297,3 +297,88 @@ def test_merging_twice_raises():
     assert block(torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)
     with pytest.raises(ValueError, match=r"in_channels=4"):
         block(torch.randn(1, 2, 8, 8))
+
+
+# ---- the merged block's fast forward --------------------------------------------------------
+
+FAST = {  # (in, out, H, W, h, w, groups, global perceptron): groups, 1 to 16 partitions, C != O, h != w
+    "1_part_g1": (4, 4, 4, 4, 4, 4, 1, True),
+    "4_parts_g2": (4, 6, 8, 8, 4, 4, 2, True),
+    "6_parts_g4_nonsquare": (8, 4, 6, 12, 3, 4, 4, True),
+    "16_parts_g8": (8, 8, 12, 12, 3, 3, 8, True),
+    "9_parts_no_gp": (4, 4, 9, 6, 3, 2, 2, False),
+    "2_parts_wide_rows": (2, 4, 5, 14, 5, 7, 1, True),
+}
+
+
+def _fast_pair(train_steps, randomize_bn, name, dtype):
+    c, o, height, width, h, w, g, gp = FAST[name]
+    torch.manual_seed(0)
+    block = RepMLPBlock(c, o, height, width, h, w, groups=g, reduction=2, global_perceptron=gp)
+    train_steps(block, (3, c, height, width), steps=2)
+    for i, bn in enumerate(m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+        randomize_bn(bn, i)
+    block.to(dtype).eval()
+    x = torch.randn(5, c, height, width, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    return block, deploy(block), x
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", list(FAST))
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_merged_forward_equals_the_training_form(train_steps, randomize_bn, name, dtype, tol):
+    block, merged, x = _fast_pair(train_steps, randomize_bn, name, dtype)
+    c, o, height, width, h, w, g, gp = FAST[name]
+    assert (merged.global_perceptron is not None) == (gp and (height, width) != (h, w))
+    with torch.no_grad():
+        expected = block(x)
+        fast = merged(x)
+        assert torch.equal(fast, merged.merged_forward(x))  # forward runs the fast path once merged
+        readable = merged.reference_forward(x)  # the paper's forward on the merged weights
+    assert fast.shape == expected.shape and fast.is_contiguous()
+    assert _rel(fast, expected) < tol
+    assert _rel(fast, readable) < tol
+
+
+@pytest.mark.parametrize("name", ["4_parts_g2", "6_parts_g4_nonsquare", "9_parts_no_gp"])
+def test_grouped_input_is_the_partitions_plus_v_by_group(train_steps, randomize_bn, name):
+    _, merged, x = _fast_pair(train_steps, randomize_bn, name, torch.float64)
+    c, _, height, width, h, w, g, _ = FAST[name]
+    with torch.no_grad():
+        operand = merged.grouped_input(x)
+        parts = partition(x, h, w)  # (M, C, h, w)
+        gp = merged.global_perceptron
+        if gp is not None:
+            parts = parts + gp(x).permute(0, 2, 3, 1).reshape(-1, c, 1, 1)
+    m = x.shape[0] * (height // h) * (width // w)
+    assert operand.shape == (g, m, c // g * h * w) and operand.is_contiguous()
+    expected = parts.reshape(m, g, -1).transpose(0, 1)  # group j: channels j*C/g ... of every partition
+    assert (operand - expected).abs().max().item() < 1e-12
+
+
+def test_merged_forward_trains_and_needs_a_merged_block(train_steps, randomize_bn):
+    block, merged, x = _fast_pair(train_steps, randomize_bn, "4_parts_g2", torch.float64)
+    with pytest.raises(ValueError, match=r"merged_forward needs the merged block"):
+        block.merged_forward(x)
+    with pytest.raises(ValueError, match=r"input has 2 channels"):
+        merged.merged_forward(x[:, :2])
+    # gradients flow through the copies (fine-tuning a merged block): the same as the readable path
+    merged.zero_grad()
+    merged(x).square().sum().backward()
+    fast_grads = [p.grad.clone() for p in merged.parameters()]
+    merged.zero_grad()
+    merged.reference_forward(x).square().sum().backward()
+    for fast, readable in zip(fast_grads, (p.grad for p in merged.parameters())):
+        assert _rel(fast, readable) < 1e-10
+
+
+def test_merged_forward_traces_with_another_batch_size():
+    """The copy's index is cached by shape, but not while tracing: a traced block takes any batch."""
+    merged = deploy(RepMLPBlock(4, 4, 8, 8, 4, 4, groups=2)).double()
+    traced = torch.jit.trace(merged, torch.randn(2, 4, 8, 8, dtype=torch.float64))
+    x = torch.randn(5, 4, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert _rel(traced(x), merged(x)) < 1e-12

@@ -113,7 +113,7 @@ def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
 class BareMatmuls:
     """The merged block's three matrix products alone, on ready-made operands, in two layouts.
 
-    FC1 ``(N, C*P) x (C*P, C*P/r)``, FC2 ``(N, C*P/r) x (C*P/r, C*P)`` and FC3 as one batched
+    FC1 ``(N, C*P) x (C*P, C*P/rho)``, FC2 ``(N, C*P/rho) x (C*P/rho, C*P)`` (``rho = fc1_fc2_reduction``) and FC3 as one batched
     matmul over the groups, ``(g, M, C*h*w/g) x (g, C*h*w/g, O*h*w/g)`` (``P`` partitions per
     image, ``M = N*P``). The operands are the very ones the merged block multiplies on ``x``
     (FC3's from :meth:`RepMLPBlock.grouped_input`, FC1's captured by a forward hook), so
@@ -147,8 +147,8 @@ class BareMatmuls:
         self.fc1_input = self.fc1_weight = self.fc2_weight = None
         if gp is not None:
             self.fc1_input = captured[0].contiguous()  # (N, C*P)
-            self.fc1_weight = gp.fc1.weight.detach().t().contiguous()  # (C*P, C*P/r)
-            self.fc2_weight = gp.fc2.weight.detach().t().contiguous()  # (C*P/r, C*P)
+            self.fc1_weight = gp.fc1.weight.detach().t().contiguous()  # (C*P, C*P/rho)
+            self.fc2_weight = gp.fc2.weight.detach().t().contiguous()  # (C*P/rho, C*P)
 
     def __call__(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The products ``(FC2 of FC1, FC3)`` on the transposed weights; ``x`` is ignored."""
@@ -302,7 +302,7 @@ def count_table(
     for h in hs:
         for g in groups:
             torch.manual_seed(0)
-            train = RepMLPBlock(channels, channels, size, size, h, h, g, reduction=4).eval()
+            train = RepMLPBlock(channels, channels, size, size, h, h, g, fc1_fc2_reduction=4).eval()
             merged = deploy(train)
             rows.append({
                 "table": "count",
@@ -385,7 +385,7 @@ def measure_block(
     """
     torch.manual_seed(seed)
     size = parts * h
-    train = randomize_bn(RepMLPBlock(channels, channels, size, size, h, h, groups, reduction=4), seed).eval()
+    train = randomize_bn(RepMLPBlock(channels, channels, size, size, h, h, groups, fc1_fc2_reduction=4), seed).eval()
     merged = deploy(train)
     conv = randomize_bn(conv_bn_relu(channels, channels, 3), seed).eval()
     x = torch.randn(batch, channels, size, size)

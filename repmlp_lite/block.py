@@ -138,13 +138,14 @@ class GlobalPerceptron(nn.Module):
     correction depends on the whole image.
     """
 
-    def __init__(self, channels: int, h_parts: int, w_parts: int, h: int, w: int, reduction: int):
+    def __init__(self, channels: int, h_parts: int, w_parts: int, h: int, w: int, fc1_fc2_reduction: int):
         super().__init__()
         features = channels * h_parts * w_parts
-        hidden = features // reduction
+        hidden = features // fc1_fc2_reduction
         if hidden < 1:
             raise ValueError(
-                f"reduction={reduction} leaves no hidden unit: need reduction <= C*(H/h)*(W/w) = {features}"
+                f"fc1_fc2_reduction={fc1_fc2_reduction} leaves no hidden unit: "
+                f"need fc1_fc2_reduction <= C*(H/h)*(W/w) = {features}"
             )
         self.parts = (h_parts, w_parts)
         self.pool = nn.AvgPool2d((h, w))
@@ -180,7 +181,8 @@ class RepMLPBlock(nn.Module):
         H, W: the input resolution the block is built for (FC1/FC2 sizes depend on it).
         h, w: partition size; ``H`` must be divisible by ``h`` and ``W`` by ``w``.
         groups: ``g`` of FC3 and of the conv branches; must divide ``C`` and ``O``.
-        reduction: ``r``, FC1's hidden size is ``C * (H/h) * (W/w) / r``.
+        fc1_fc2_reduction: the FC1 reduction (the authors' name; not the bottleneck's ``r``): FC1's
+            hidden size is ``C * (H/h) * (W/w) / fc1_fc2_reduction``.
         reparam_conv_k: odd kernel sizes of the local perceptron's conv branches (may be empty).
         global_perceptron: build the global perceptron. As in the authors' code (the paper's
             text draws it always), it is built only when there is more than one partition:
@@ -199,14 +201,14 @@ class RepMLPBlock(nn.Module):
         h: int,
         w: int,
         groups: int = 1,
-        reduction: int = 1,
+        fc1_fc2_reduction: int = 1,
         reparam_conv_k: Sequence[int] = (1, 3, 5),
         global_perceptron: bool = True,
     ):
         super().__init__()
         for name, value in [
             ("in_channels", in_channels), ("out_channels", out_channels), ("H", H), ("W", W),
-            ("h", h), ("w", w), ("groups", groups), ("reduction", reduction),
+            ("h", h), ("w", w), ("groups", groups), ("fc1_fc2_reduction", fc1_fc2_reduction),
         ]:
             check_positive(name, value)
         check_divisible("H", H, "h", h)
@@ -223,7 +225,7 @@ class RepMLPBlock(nn.Module):
 
         needs_global = global_perceptron and (H != h or W != w)
         self.global_perceptron = (
-            GlobalPerceptron(in_channels, H // h, W // w, h, w, reduction) if needs_global else None
+            GlobalPerceptron(in_channels, H // h, W // w, h, w, fc1_fc2_reduction) if needs_global else None
         )
         self.fc3 = GroupedFC(in_channels * h * w, out_channels * h * w, groups)
         self.fc3_bn: nn.BatchNorm1d | None = nn.BatchNorm1d(out_channels * h * w)

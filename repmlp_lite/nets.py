@@ -113,7 +113,7 @@ class ResNetBottleneck(_Residual):
 def _repmlp(
     channels: int, H: int, W: int, h: int, w: int, groups: int, fc1_fc2_reduction: int, reparam_conv_k: Sequence[int]
 ) -> RepMLPBlock:
-    """A ``channels -> channels`` RepMLP block (FC1's width divisor is the block's ``reduction``)."""
+    """A ``channels -> channels`` RepMLP block."""
     return RepMLPBlock(channels, channels, H, W, h, w, groups, fc1_fc2_reduction, tuple(reparam_conv_k))
 
 

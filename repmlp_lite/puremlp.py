@@ -46,7 +46,7 @@ class PartitionConvBlock(nn.Module):
         super().__init__()
         self.h, self.w = h, w
         self.global_perceptron = (
-            GlobalPerceptron(channels, H // h, W // w, h, w, reduction=1) if (H, W) != (h, w) else None
+            GlobalPerceptron(channels, H // h, W // w, h, w, fc1_fc2_reduction=1) if (H, W) != (h, w) else None
         )
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=False)
         self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(channels)

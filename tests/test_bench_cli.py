@@ -95,9 +95,9 @@ def test_measure_block_row_is_consistent():
 # ---- the bare-matmul limit computes what the merged block computes -----------------------------------
 
 BLOCKS = {
-    "g1": dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4, groups=1, reduction=2),
-    "g4": dict(in_channels=8, out_channels=8, H=8, W=8, h=4, w=4, groups=4, reduction=2),
-    "g2_C!=O_nonsquare": dict(in_channels=4, out_channels=6, H=6, W=8, h=3, w=4, groups=2, reduction=4),
+    "g1": dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4, groups=1, fc1_fc2_reduction=2),
+    "g4": dict(in_channels=8, out_channels=8, H=8, W=8, h=4, w=4, groups=4, fc1_fc2_reduction=2),
+    "g2_C!=O_nonsquare": dict(in_channels=4, out_channels=6, H=6, W=8, h=3, w=4, groups=2, fc1_fc2_reduction=4),
     "single_partition": dict(in_channels=4, out_channels=4, H=4, W=4, h=4, w=4, groups=2),
 }
 
@@ -146,8 +146,8 @@ def test_merged_block_flops_match_the_formula(name, n):
     parts = (height // h) * (width // w)
     m = n * parts
     expected = 2 * m * (c * h * w) * (o * h * w) // g  # FC3
-    if block.global_perceptron is not None:  # FC1: C*P -> C*P/r, FC2: back
-        hidden = c * parts // kwargs["reduction"]
+    if block.global_perceptron is not None:  # FC1: C*P -> C*P/fc1_fc2_reduction, FC2: back
+        hidden = c * parts // kwargs["fc1_fc2_reduction"]
         expected += 2 * 2 * n * (c * parts) * hidden
     x = torch.randn(n, c, height, width)
     assert count_flops(block, x) == expected
@@ -215,7 +215,7 @@ def test_copy_bytes_counts_the_copies_not_the_products():
 
 
 def test_time_breakdown_splits_a_merged_block():
-    merged = deploy(RepMLPBlock(8, 8, 8, 8, 4, 4, groups=2, reduction=2)).eval()
+    merged = deploy(RepMLPBlock(8, 8, 8, 8, 4, 4, groups=2, fc1_fc2_reduction=2)).eval()
     ms = time_breakdown(merged, torch.randn(4, 8, 8, 8), iters=3)
     assert set(ms) == set(TIME_CATEGORIES.values()) | {"other", "total"}
     for category in ("FC3 product", "FC1, FC2 products", "copies in and out", "pool, ReLU, add v"):
@@ -247,7 +247,7 @@ def test_measure_block_without_baselines():
 def test_copy_bytes_of_the_readable_forward_counts_each_copy_once():
     """The readable (training-form) path on merged weights: partition, x + v, the group transpose
     after FC3, unpartition: 4 images, plus the global perceptron's small vectors."""
-    merged = deploy(RepMLPBlock(8, 8, 8, 8, 4, 4, groups=2, reduction=2))
+    merged = deploy(RepMLPBlock(8, 8, 8, 8, 4, 4, groups=2, fc1_fc2_reduction=2))
     x = torch.randn(4, 8, 8, 8)
     image = 8 * 8 * 8 * 4
     assert 4 * image <= copy_bytes(merged.reference_forward, x) < 4.5 * image

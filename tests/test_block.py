@@ -80,11 +80,11 @@ def test_grouped_fc_rejects_indivisible_features():
 
 CONFIGS = {
     "base": dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4),
-    "g2_C!=O_nonsquare_r2": dict(in_channels=4, out_channels=6, H=6, W=8, h=3, w=4, groups=2, reduction=2),
+    "g2_C!=O_nonsquare_r2": dict(in_channels=4, out_channels=6, H=6, W=8, h=3, w=4, groups=2, fc1_fc2_reduction=2),
     "g4_C>O_hw_nonsquare": dict(in_channels=8, out_channels=4, H=8, W=8, h=4, w=2, groups=4, reparam_conv_k=(1, 3)),
     "single_partition": dict(in_channels=3, out_channels=5, H=4, W=6, h=4, w=6),
     "no_conv_branches": dict(in_channels=4, out_channels=4, H=8, W=4, h=4, w=2, reparam_conv_k=()),
-    "reduction4": dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4, reduction=4, reparam_conv_k=(1, 3, 5)),
+    "reduction4": dict(in_channels=4, out_channels=4, H=8, W=8, h=4, w=4, fc1_fc2_reduction=4, reparam_conv_k=(1, 3, 5)),
     "no_global_perceptron": dict(in_channels=2, out_channels=4, H=6, W=6, h=3, w=3, global_perceptron=False),
     "kernel_larger_than_partition": dict(in_channels=2, out_channels=2, H=6, W=4, h=2, w=2, reparam_conv_k=(3, 5)),
 }
@@ -213,7 +213,7 @@ def test_single_partition_has_no_global_perceptron():
 def test_global_perceptron_is_pool_bn_fc1_relu_fc2():
     """One value per channel and partition, from the pooled pixels of all partitions at once."""
     torch.manual_seed(0)
-    gp = GlobalPerceptron(channels=2, h_parts=2, w_parts=3, h=2, w=2, reduction=2).double().eval()
+    gp = GlobalPerceptron(channels=2, h_parts=2, w_parts=3, h=2, w=2, fc1_fc2_reduction=2).double().eval()
     x = torch.randn(4, 2, 4, 6, dtype=torch.float64)
     v = gp(x)
     assert v.shape == (4, 2, 2, 3)
@@ -224,7 +224,7 @@ def test_global_perceptron_is_pool_bn_fc1_relu_fc2():
 
 def test_global_perceptron_switch_to_deploy(randomize_bn):
     torch.manual_seed(0)
-    gp = GlobalPerceptron(channels=3, h_parts=2, w_parts=2, h=2, w=3, reduction=3).double()
+    gp = GlobalPerceptron(channels=3, h_parts=2, w_parts=2, h=2, w=3, fc1_fc2_reduction=3).double()
     randomize_bn(gp.bn, seed=1)
     gp.eval()
     x = torch.randn(2, 3, 4, 6, dtype=torch.float64)
@@ -254,8 +254,8 @@ def test_global_perceptron_switch_to_deploy(randomize_bn):
         (dict(W=10), r"W=10 must be divisible by w=4"),
         (dict(h=0), r"h must be a positive integer"),
         (dict(groups=0), r"groups must be a positive integer"),
-        (dict(reduction=0), r"reduction must be a positive integer"),
-        (dict(reduction=17), r"reduction=17 leaves no hidden unit.*16"),
+        (dict(fc1_fc2_reduction=0), r"fc1_fc2_reduction must be a positive integer"),
+        (dict(fc1_fc2_reduction=17), r"fc1_fc2_reduction=17 leaves no hidden unit.*16"),
     ],
 )
 def test_bad_block_arguments_raise(kwargs, match):
@@ -265,7 +265,7 @@ def test_bad_block_arguments_raise(kwargs, match):
 
 
 def test_reduction_at_the_limit_is_accepted():
-    block = RepMLPBlock(4, 4, 8, 8, 4, 4, reduction=16)  # C*(H/h)*(W/w) = 16: one hidden unit
+    block = RepMLPBlock(4, 4, 8, 8, 4, 4, fc1_fc2_reduction=16)  # C*(H/h)*(W/w) = 16: one hidden unit
     assert block.global_perceptron.fc1.out_features == 1
 
 
@@ -314,7 +314,7 @@ FAST = {  # (in, out, H, W, h, w, groups, global perceptron): groups, 1 to 16 pa
 def _fast_pair(train_steps, randomize_bn, name, dtype):
     c, o, height, width, h, w, g, gp = FAST[name]
     torch.manual_seed(0)
-    block = RepMLPBlock(c, o, height, width, h, w, groups=g, reduction=2, global_perceptron=gp)
+    block = RepMLPBlock(c, o, height, width, h, w, groups=g, fc1_fc2_reduction=2, global_perceptron=gp)
     train_steps(block, (3, c, height, width), steps=2)
     for i, bn in enumerate(m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         randomize_bn(bn, i)

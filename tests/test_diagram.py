@@ -37,7 +37,7 @@ def gids(fig):
 
 BLOCKS = {
     "C4-O8-g2": dict(in_channels=4, out_channels=8, H=12, W=12, h=4, w=4, groups=2),
-    "r4-two-branches": dict(in_channels=8, out_channels=8, H=16, W=8, h=8, w=4, reduction=4, reparam_conv_k=(3, 7)),
+    "r4-two-branches": dict(in_channels=8, out_channels=8, H=16, W=8, h=8, w=4, fc1_fc2_reduction=4, reparam_conv_k=(3, 7)),
     "single-partition": dict(in_channels=8, out_channels=16, H=8, W=8, h=8, w=8, reparam_conv_k=(1, 3, 5, 7, 9)),
     "no-conv-branch": dict(in_channels=6, out_channels=6, H=6, W=6, h=3, w=3, groups=3, reparam_conv_k=()),
 }

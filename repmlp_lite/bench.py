@@ -113,8 +113,8 @@ def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
 class BareMatmuls:
     """The merged block's three matrix products alone, on ready-made operands, in two layouts.
 
-    FC1 ``(N, C*P) x (C*P, C*P/rho)``, FC2 ``(N, C*P/rho) x (C*P/rho, C*P)`` (``rho = fc1_fc2_reduction``) and FC3 as one batched
-    matmul over the groups, ``(g, M, C*h*w/g) x (g, C*h*w/g, O*h*w/g)`` (``P`` partitions per
+    FC1 ``(N, C*P) x (C*P, C*P/rho)``, FC2 ``(N, C*P/rho) x (C*P/rho, C*P)``
+    (``rho = fc1_fc2_reduction``) and FC3 as one batched matmul over the groups, ``(g, M, C*h*w/g) x (g, C*h*w/g, O*h*w/g)`` (``P`` partitions per
     image, ``M = N*P``). The operands are the very ones the merged block multiplies on ``x``
     (FC3's from :meth:`RepMLPBlock.grouped_input`, FC1's captured by a forward hook), so
     :meth:`block_output` rebuilds the block's output from these products: the same numbers, none

@@ -8,10 +8,11 @@ into ``<repo>/_build/html``, from scratch (the previous ``html``, ``.doctrees`` 
 ``jupyter_execute`` are removed first, so that warnings of unchanged pages are not hidden by an
 incremental build). The full log is kept in ``_build/book-build.log``.
 
-Both test modules import the :func:`built_book` fixture from here. A pytest fixture imported into
-two modules is registered twice, so the build itself is memoised at module level
-(:func:`build_book`), and, under pytest-xdist, shared between workers through a lock file and a
-stamp with the run's id.
+The fixtures here (:func:`built_book`, and for the browser checks :func:`chromium` and
+:func:`server`) are registered once, by ``conftest.py``, for every test module: one build, one
+browser and one server per session (two live Playwright sessions in one process fail). The build
+itself is also memoised at module level (:func:`build_book`), and, under pytest-xdist, shared
+between workers through a lock file and a stamp with the run's id.
 
 Environment:
 
@@ -25,10 +26,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +44,9 @@ BUILD_DIR = REPO / "_build"
 HTML_DIR = BUILD_DIR / "html"
 LOG_PATH = BUILD_DIR / "book-build.log"
 SCREENSHOT_DIR = BUILD_DIR / "screenshots"
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic"]
+LOCAL_HOST = "127.0.0.1"
 
 
 
@@ -182,3 +189,47 @@ def built_book() -> Path:
     if not result.ok:
         pytest.fail(result.failure_message(), pytrace=False)
     return result.html_dir
+
+
+def _browser_missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} not found (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        return f"playwright is not importable ({exc}; pip install playwright)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium driven by Playwright, one for the session; skipped (or, with
+    ``REQUIRE_BROWSER=1``, failed) where it is missing."""
+    missing = _browser_missing()
+    if missing:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"REQUIRE_BROWSER=1 but the browser is unavailable: {missing}", pytrace=False)
+        pytest.skip(f"browser checks skipped: {missing} (set REQUIRE_BROWSER=1 to make this a failure)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
+        pass
+
+
+@pytest.fixture(scope="session")
+def server(built_book):
+    """``http://127.0.0.1:<port>/`` serving ``_build/html``, for the whole session."""
+    handler = functools.partial(_QuietHandler, directory=str(built_book))
+    httpd = http.server.ThreadingHTTPServer((LOCAL_HOST, 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{LOCAL_HOST}:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()

@@ -6,6 +6,9 @@
 * :func:`max_rel`: ``max |a - b| / max |b|``, the relative error used for float32 checks.
 
 They are exposed as fixtures returning the function, so test files need no import from conftest.
+
+The book's fixtures (:mod:`book_fixtures`: ``built_book``, ``chromium``, ``server``) are registered
+here, once for every module, so that a session has one build, one browser and one server.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from book_fixtures import built_book, chromium, server  # noqa: F401  (registered as fixtures here)
 
 
 def _train_steps(

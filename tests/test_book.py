@@ -16,12 +16,7 @@ import pytest
 import yaml
 from bs4 import BeautifulSoup
 
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, REPO, build_book, built_book, page_path
-except ImportError:  # pragma: no cover - if tests/ becomes a package
-    from .book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, REPO, build_book, built_book, page_path
-
-__all__ = ["built_book"]  # the fixture, imported so that pytest registers it here
+from book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, REPO, build_book, page_path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"

@@ -26,27 +26,15 @@ unless ``REQUIRE_BROWSER=1`` (CI), which makes them fail instead.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import http.server
 import json
-import os
 import re
-import threading
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
 
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, SCREENSHOT_DIR, built_book, page_path
-except ImportError:  # pragma: no cover - if tests/ becomes a package
-    from .book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, SCREENSHOT_DIR, built_book, page_path
+from book_fixtures import CHAPTERS, COLAB_PREFIX, LOCAL_HOST, PAGES, SCREENSHOT_DIR, page_path
 
-__all__ = ["built_book"]  # the fixture, imported so that pytest registers it here
-
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic"]
-LOCAL_HOST = "127.0.0.1"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 TIMEOUT_MS = 60_000
 VIEWPORT = {"width": 1280, "height": 900}  # the window the layout checks are about
@@ -90,48 +78,6 @@ LAYOUT_JS = """() => {
     const title = h1 ? h1.textContent.trim() : '';
     return {overflow, figures, exercises, links, title, width: article.clientWidth};
 }"""
-
-
-def _browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as exc:
-        return f"playwright is not importable ({exc}; pip install playwright)"
-    return None
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    missing = _browser_missing()
-    if missing:
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"REQUIRE_BROWSER=1 but the browser is unavailable: {missing}", pytrace=False)
-        pytest.skip(f"browser checks skipped: {missing} (set REQUIRE_BROWSER=1 to make this a failure)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
-        pass
-
-
-@pytest.fixture(scope="session")
-def server(built_book):
-    """``http://127.0.0.1:<port>/`` serving ``_build/html``, for the whole session."""
-    handler = functools.partial(_QuietHandler, directory=str(built_book))
-    httpd = http.server.ThreadingHTTPServer((LOCAL_HOST, 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://{LOCAL_HOST}:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @dataclasses.dataclass

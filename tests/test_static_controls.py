@@ -19,14 +19,9 @@ The browser part uses the book built by ``book_fixtures`` (``REUSE_BOOK_BUILD=1`
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
-import http.server
 import io
-import os
 import re
-import threading
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import matplotlib
@@ -34,22 +29,14 @@ import matplotlib
 matplotlib.use("Agg")
 
 import ipywidgets as widgets  # noqa: E402
-import pytest  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
 from ipywidgets.widgets.widget import _instances as widget_registry  # noqa: E402
 
 from repmlp_lite import viz  # noqa: E402
 
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from book_fixtures import SCREENSHOT_DIR, built_book, page_path
-except ImportError:  # pragma: no cover - if tests/ becomes a package
-    from .book_fixtures import SCREENSHOT_DIR, built_book, page_path
+from book_fixtures import LOCAL_HOST, SCREENSHOT_DIR, page_path  # noqa: E402
 
-__all__ = ["built_book"]  # the fixture, imported so that pytest registers it here
-
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-LOCAL_HOST = "127.0.0.1"
 TIMEOUT_MS = 60_000
 COLUMN_PX = int(viz.COLUMN_WIDTH_IN * viz.FIGURE_DPI)
 
@@ -169,48 +156,6 @@ def test_embedded_size_is_counted():
 # --- in the built book ----------------------------------------------------------------------
 
 
-def _browser_missing() -> str | None:
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} not found (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as exc:
-        return f"playwright is not importable ({exc})"
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    missing = _browser_missing()
-    if missing:
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"REQUIRE_BROWSER=1 but the browser is unavailable: {missing}", pytrace=False)
-        pytest.skip(f"browser checks skipped: {missing}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--disable-quic"]
-        )
-        yield chromium
-        chromium.close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
-        pass
-
-
-@pytest.fixture(scope="module")
-def site(built_book):
-    handler = functools.partial(_QuietHandler, directory=str(built_book))
-    httpd = http.server.ThreadingHTTPServer((LOCAL_HOST, 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://{LOCAL_HOST}:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def _is_local(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("data", "blob", "about") or parts.hostname == LOCAL_HOST
@@ -314,8 +259,8 @@ def _click_through(page: Page, prefix: str, choices: dict, defaults: dict, draw,
     return visited
 
 
-def test_chapter2_explorer_moves_in_the_static_page(browser, site):
-    page = Page(browser, urljoin(site, "notebooks/02_seeing_the_kernel.html"))
+def test_chapter2_explorer_moves_in_the_static_page(chromium, server):
+    page = Page(chromium, urljoin(server, "notebooks/02_seeing_the_kernel.html"))
     try:
         page.page.locator(".kx img.widget-image").first.wait_for(state="visible")
         defaults = {"kernel_size": 3, "groups": 1, "padding": "same", "hw": 4, "channels": 2}
@@ -330,8 +275,8 @@ def test_chapter2_explorer_moves_in_the_static_page(browser, site):
         assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", shot
 
 
-def test_chapter4_partitions_move_in_the_static_page(browser, site):
-    page = Page(browser, urljoin(site, "notebooks/04_repmlp_block.html"))
+def test_chapter4_partitions_move_in_the_static_page(chromium, server):
+    page = Page(chromium, urljoin(server, "notebooks/04_repmlp_block.html"))
     try:
         page.page.locator(".px img.widget-image").first.wait_for(state="visible")
         defaults = {"H": 8, "W": 8, "h": 4, "w": 4}

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import re
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -50,3 +53,17 @@ def load_official(model: nn.Module, state_dict: StateDict) -> nn.Module:
             raise ValueError(f"checkpoint has {key!r}, which the model does not have")
     model.load_state_dict(converted, strict=True)
     return model
+
+
+def renamed_state_dict(
+    state_dict: StateDict, renames: Sequence[tuple[str, str | Callable[[re.Match[str]], str]]], fc3_suffix: str
+) -> dict[str, torch.Tensor]:
+    """The authors' state dict with every key rewritten by ``renames`` (``re.sub`` pattern and
+    replacement, applied in order); a 4-D tensor whose new key ends with ``fc3_suffix`` (FC3 stored
+    as a 1x1-conv kernel ``(out, in/g, 1, 1)``) becomes the matrix ``(out, in/g)`` used here."""
+    converted = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in renames:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value.flatten(1) if key.endswith(fc3_suffix) and value.dim() == 4 else value
+    return converted

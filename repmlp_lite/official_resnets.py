@@ -34,7 +34,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .official import StateDict, register_official
+from .official import StateDict, register_official, renamed_state_dict
 from .resnets import RepMLPResNet
 
 _RENAMES: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...] = (
@@ -54,23 +54,10 @@ _RENAMES: tuple[tuple[str, str | Callable[[re.Match[str]], str]], ...] = (
 )
 
 
-def v1_key(key: str) -> str:
-    """The name here of the authors' v1 RepMLP-ResNet key ``key`` (table in the module docstring)."""
-    for pattern, replacement in _RENAMES:
-        key = re.sub(pattern, replacement, key)
-    return key
-
-
 @register_official(RepMLPResNet)
 def convert_v1_repmlp_resnet(model: nn.Module, state_dict: StateDict) -> dict[str, torch.Tensor]:
     """The authors' RepMLP-ResNet state dict (training or deployed form) in this package's keys.
 
     FC3's 1x1-conv kernel ``(O*h*w, C*h*w/g, 1, 1)`` becomes the ``GroupedFC`` matrix ``(O*h*w, C*h*w/g)``.
     """
-    converted = {}
-    for key, value in state_dict.items():
-        new = v1_key(key)
-        if new.endswith("repmlp.fc3.weight") and value.dim() == 4:
-            value = value.flatten(1)
-        converted[new] = value
-    return converted
+    return renamed_state_dict(state_dict, _RENAMES, "repmlp.fc3.weight")

@@ -25,7 +25,6 @@ weights across a set's channels, while that BN scales each channel differently.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -39,7 +38,7 @@ from .conv_as_fc import conv_bias_to_fc, conv_to_fc
 from .deploy import merge_submodules
 from .fusion import bn_scale_shift, fuse_bn_linear
 from .nets import ConvBNLayer
-from .official import register_official
+from .official import register_official, renamed_state_dict
 from .zoo import register_model
 
 FC3Impl = Literal["matmul", "conv"]
@@ -386,6 +385,7 @@ def inject_locality(model: nn.Module) -> nn.Module:
 # ---- the authors' checkpoints (DingXiaoH/RepMLP, repmlpnet.py) ------------------------------------
 
 _OFFICIAL_RENAMES = [
+    (r"^module\.", ""),
     (r"^conv_embedding\.", "embedding."),
     (r"^embeds\.", "downsamples."),
     (r"\.repmlp_block\.gp\.", ".block.gate."),
@@ -402,10 +402,4 @@ def convert_official(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
     """The authors' RepMLPNet keys (training form, or after their ``locality_injection()``: then call
     :func:`inject_locality` on ``model`` first) renamed to ours; FC3's ``(S*h*w, h*w, 1, 1)`` conv
     weight becomes our ``(S*h*w, h*w)``. A ``module.`` prefix (DataParallel) is dropped."""
-    converted = {}
-    for key, value in state_dict.items():
-        new = key.removeprefix("module.")
-        for pattern, replacement in _OFFICIAL_RENAMES:
-            new = re.sub(pattern, replacement, new)
-        converted[new] = value.flatten(1) if new.endswith(".fc3_weight") else value
-    return converted
+    return renamed_state_dict(state_dict, _OFFICIAL_RENAMES, ".fc3_weight")

@@ -9,7 +9,7 @@ server and opened once; the checks below read that visit's record:
 * every image has loaded (``naturalWidth > 0``);
 * chapter pages have the Colab launch link, and their "next" link leads to the next page;
 * a page that carries saved widget state shows its widgets (sliders where it saved any);
-* at a 1280 px window nothing scrolls sideways (outputs, code blocks, tables), and every figure is
+* at a 1280 px window nothing scrolls sideways (outputs, code blocks, tables, equations), and every figure is
   shown at >= 75% of its natural width (figures are drawn for the column: ``repmlp_lite.viz``);
 * every chapter has exercises, each followed by its solution, and links to other chapters.
 
@@ -41,7 +41,7 @@ VIEWPORT = {"width": 1280, "height": 900}  # the window the layout checks are ab
 MIN_DISPLAYED_FRACTION = 0.75  # a figure is shown at least this fraction of its natural width
 
 # Measured once the page has settled, in the 1280 px window:
-# * overflow: every output area, <pre>, table or table wrapper of the article whose content is
+# * overflow: every output area, <pre>, table, table wrapper or display equation of the article whose content is
 #   wider than its box (it scrolls sideways), with both widths;
 # * figures: every visible <img> of the article, natural and displayed width;
 # * exercises: the sequence of exercise / hint / solution admonitions, in page order;
@@ -54,7 +54,8 @@ LAYOUT_JS = """() => {
         return `<${el.tagName.toLowerCase()} class="${cls.slice(0, 60)}"> ${text}`;
     };
     const boxes = article.querySelectorAll(
-        '.cell_output, .cell_output .output, pre, table, .table-wrapper, .pst-scrollable-table-container');
+        '.cell_output, .cell_output .output, pre, table, .table-wrapper, .pst-scrollable-table-container, ' +
+        'div.math, mjx-container[display="true"]');
     const overflow = [];
     for (const el of boxes) {
         if (el.offsetParent === null) continue;  // not displayed (e.g. a closed dropdown)

@@ -382,3 +382,41 @@ def test_merged_forward_traces_with_another_batch_size():
     x = torch.randn(5, 4, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         assert _rel(traced(x), merged(x)) < 1e-12
+
+
+# ---- the merged weights' layout: column-major, nothing cached -------------------------------------
+
+
+@pytest.mark.parametrize("name", ["4_parts_g2", "16_parts_g8", "1_part_g1"])
+def test_merged_weights_are_column_major_with_the_same_state_dict(train_steps, randomize_bn, name):
+    block, merged, x = _fast_pair(train_steps, randomize_bn, name, torch.float64)
+    weights = [merged.fc3.weight]
+    if merged.global_perceptron is not None:
+        weights += [merged.global_perceptron.fc1.weight, merged.global_perceptron.fc2.weight]
+    for weight in weights:
+        assert weight.stride() == (1, weight.shape[0]) and weight.t().is_contiguous()
+    assert block.fc3.weight.is_contiguous()  # deploy() copied: the training block stays row-major
+    # the state_dict has the keys and values of a row-major merge: a fresh merged block loads it exactly
+    state = merged.state_dict()
+    assert torch.equal(state["fc3.weight"], block.merged_fc3()[0])
+    other = deploy(RepMLPBlock(*FAST[name][:6], groups=FAST[name][6], fc1_fc2_reduction=2,
+                               global_perceptron=FAST[name][7]).double())
+    other.load_state_dict(state)
+    assert other.fc3.weight.stride() == (1, other.fc3.weight.shape[0])  # copied in place: layout kept
+    with torch.no_grad():
+        assert torch.equal(other(x), merged(x))
+
+
+def test_merged_block_follows_weights_changed_in_place(train_steps, randomize_bn):
+    """Nothing is cached: weights loaded or scaled after merging change the output at once."""
+    _, merged, x = _fast_pair(train_steps, randomize_bn, "4_parts_g2", torch.float64)
+    with torch.no_grad():
+        before = merged(x)
+        merged.fc3.weight.data.mul_(2)  # .data bypasses autograd and the version counter
+        merged.global_perceptron.fc1.weight.data.mul_(0.5)
+        expected = merged.reference_forward(x)  # the readable path on the scaled weights
+        assert _rel(merged(x), expected) < 1e-10 and _rel(merged(x), before) > 0.1
+        # a state_dict from another merged block, loaded after merging (as the official loaders do)
+        other = deploy(RepMLPBlock(4, 6, 8, 8, 4, 4, groups=2, fc1_fc2_reduction=2).double())
+        merged.load_state_dict(other.state_dict())
+        assert _rel(merged(x), other(x)) < 1e-12

@@ -121,12 +121,10 @@ class BareMatmuls:
     of the copying, pooling or adding around them.
 
     Which layout of the weights a BLAS multiplies fastest depends on the shapes and the machine,
-    so the limit is the best of two (:meth:`layouts`), each in its own contiguous copy:
-    ``"(in, out)"``, ``torch.matmul`` on weights transposed in advance into contiguous
-    ``(in, out)`` matrices per group, and ``"(out, in)"``, ``F.linear`` / ``torch.bmm`` reading
-    row-major ``(out, in)`` weights transposed (what ``nn.Linear`` does). The merged block itself
-    stores its weights :func:`repmlp_lite.block.column_major`, which is ``(in, out)`` for FC1, FC2
-    and FC3 with ``g = 1``, and ``(in, out)`` blocks of row stride ``out`` for FC3 with ``g > 1``.
+    so the limit is the best of two (:meth:`layouts`): ``"transposed"``, ``torch.matmul`` on
+    weights transposed in advance into contiguous ``(in, out)`` matrices, and ``"as stored"``,
+    ``F.linear`` / ``torch.bmm`` reading the stored ``(out, in)`` weights transposed (what
+    ``nn.Linear`` and the merged block do).
     """
 
     def __init__(self, block: RepMLPBlock, x: torch.Tensor):
@@ -144,15 +142,13 @@ class BareMatmuls:
                 hook.remove()
 
         g, weight = block.groups, block.fc3.weight.detach()
-        self.fc3_weight_rows = weight.reshape(g, -1, weight.shape[1]).contiguous()  # (g, out/g, in/g)
-        self.fc3_weight = self.fc3_weight_rows.transpose(1, 2).contiguous()  # (g, in/g, out/g)
-        self.fc1_input = self.fc1_weight = self.fc2_weight = self.fc1_weight_rows = self.fc2_weight_rows = None
+        self.fc3_weight_stored = weight.reshape(g, -1, weight.shape[1])  # (g, out/g, in/g), a view
+        self.fc3_weight = self.fc3_weight_stored.transpose(1, 2).contiguous()  # (g, in/g, out/g)
+        self.fc1_input = self.fc1_weight = self.fc2_weight = None
         if gp is not None:
             self.fc1_input = captured[0].contiguous()  # (N, C*P)
             self.fc1_weight = gp.fc1.weight.detach().t().contiguous()  # (C*P, C*P/rho)
             self.fc2_weight = gp.fc2.weight.detach().t().contiguous()  # (C*P/rho, C*P)
-            self.fc1_weight_rows = gp.fc1.weight.detach().contiguous()  # (C*P/rho, C*P)
-            self.fc2_weight_rows = gp.fc2.weight.detach().contiguous()  # (C*P, C*P/rho)
 
     def __call__(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The products ``(FC2 of FC1, FC3)`` on the transposed weights; ``x`` is ignored."""
@@ -161,16 +157,17 @@ class BareMatmuls:
             fc2 = torch.matmul(torch.matmul(self.fc1_input, self.fc1_weight), self.fc2_weight)
         return fc2, torch.matmul(self.fc3_input, self.fc3_weight)
 
-    def out_in(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The same products on row-major ``(out, in)`` weights, read transposed; ``x`` is ignored."""
+    def as_stored(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The same products on the weights as stored, read transposed; ``x`` is ignored."""
         fc2 = None
+        gp = self.block.global_perceptron
         if self.fc1_input is not None:
-            fc2 = F.linear(F.linear(self.fc1_input, self.fc1_weight_rows), self.fc2_weight_rows)
-        return fc2, torch.bmm(self.fc3_input, self.fc3_weight_rows.transpose(1, 2))
+            fc2 = F.linear(F.linear(self.fc1_input, gp.fc1.weight), gp.fc2.weight)
+        return fc2, torch.bmm(self.fc3_input, self.fc3_weight_stored.transpose(1, 2))
 
     def layouts(self) -> dict[str, Callable[[torch.Tensor | None], Any]]:
         """``{layout name: the products in that layout}``, for :func:`interleaved_ms`."""
-        return {"(in, out)": self, "(out, in)": self.out_in}
+        return {"transposed": self, "as stored": self.as_stored}
 
     def block_output(self, fc3_product: torch.Tensor) -> torch.Tensor:
         """The block's output ``(N, O, H, W)`` from the FC3 product: add the bias, undo the layout."""

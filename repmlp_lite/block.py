@@ -20,11 +20,6 @@ copy from ``(N, C, H, W)`` straight into the grouped matmul's operand ``(g, N*P,
 global perceptron's correction added to that operand in place, one batched matmul that adds
 FC3's bias, and one copy back to ``(N, O, H, W)``. The training form keeps the readable
 ``partition -> FCs -> unpartition`` of the paper's figure.
-
-Merging also stores FC3's, FC1's and FC2's weights column-major (:func:`column_major`): the same
-``(out, in)`` tensors, the same values and ``state_dict``, no extra memory, but laid out in memory
-as their transposes ``(in, out)``, the layout a matrix product reads fastest as its right operand
-(up to ~1.3x faster than ``(out, in)`` read transposed for small batches, measured on CPU).
 """
 
 from __future__ import annotations
@@ -83,20 +78,6 @@ def _gather_rows(t: torch.Tensor, w: int, sizes: tuple[int, ...], dims: tuple[in
     tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
     order = (_row_order if tracing else _cached_row_order)(sizes, dims, t.device)
     return torch.index_select(t.reshape(-1, w), 0, order)
-
-
-def column_major(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` ``(out, in)`` with the same shape and values, stored column-major: strides ``(1, out)``.
-
-    ``column_major(w).t()`` is then a contiguous ``(in, out)`` matrix, which ``F.linear`` and a
-    batched matmul multiply without transposing on the fly; the per-group blocks of a grouped
-    FC3, ``view(g, out/g, in).transpose(1, 2)``, are ``(in, out/g)`` matrices with row stride
-    ``out``. One copy when called; the tensor replaces the row-major one, so no memory is added,
-    and in-place changes (``load_state_dict``, ``weight.data.mul_``) keep the layout and can never
-    leave a stale copy behind. ``load_state_dict(..., assign=True)`` puts back whatever layout the
-    loaded tensor has: still correct, only the speed-up is lost.
-    """
-    return weight.t().contiguous().t()
 
 
 class GroupedFC(nn.Module):
@@ -182,13 +163,11 @@ class GlobalPerceptron(nn.Module):
         return v.reshape(pooled.shape)
 
     def switch_to_deploy(self) -> None:
-        """Absorb the BN into FC1 (:func:`repmlp_lite.fusion.fuse_bn_linear`); FC1's and FC2's weights
-        are then stored :func:`column_major` (same values, faster products)."""
+        """Absorb the BN into FC1 (:func:`repmlp_lite.fusion.fuse_bn_linear`)."""
         if self.bn is None:
             raise ValueError("the global perceptron is already merged: switch_to_deploy() was called twice")
         weight, bias = fuse_bn_linear(self.bn, self.fc1.weight, self.fc1.bias, self.parts[0] * self.parts[1])
-        self.fc1.weight = nn.Parameter(column_major(weight.detach()))  # see column_major: faster F.linear
-        self.fc2.weight = nn.Parameter(column_major(self.fc2.weight.detach()))
+        self.fc1.weight.data.copy_(weight)
         self.fc1.bias.data.copy_(bias)
         self.bn = None
 
@@ -305,10 +284,9 @@ class RepMLPBlock(nn.Module):
     def merged_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The merged block's forward (what :meth:`forward` runs once merged): ``(N, C, H, W) -> (N, O, H, W)``.
 
-        :meth:`grouped_input` (one copy in), FC3 as one ``baddbmm`` over the groups with the bias
-        added by the matmul, on the weight's transpose ``(g, C/g*h*w, O/g*h*w)``, a view of the
-        :func:`column_major` weight (no copy), and one copy back from ``(g, N, H/h, W/w, O/g, h, w)``
-        to ``(N, O, H, W)``.
+        :meth:`grouped_input` (one copy in), FC3 as one ``baddbmm`` over the groups on the weight
+        as stored ``(g, O/g*h*w, C/g*h*w)`` (read transposed, no copy) with the bias added by the
+        matmul, and one copy back from ``(g, N, H/h, W/w, O/g, h, w)`` to ``(N, O, H, W)``.
         """
         if not self.deployed:
             raise ValueError("merged_forward needs the merged block: call switch_to_deploy() first")
@@ -349,15 +327,12 @@ class RepMLPBlock(nn.Module):
     def switch_to_deploy(self) -> None:
         """Merge in place into the inference form: FC1, FC2 and one FC3 with bias; no BN, no conv.
 
-        The merged weights are new :func:`column_major` parameters (the same shapes and
-        ``state_dict`` keys), so an optimizer built before merging no longer holds them.
-
         Raises ``ValueError`` when called a second time.
         """
         if self.deployed:
             raise ValueError("the block is already merged: switch_to_deploy() was called twice")
         weight, bias = self.merged_fc3()
-        self.fc3.weight = nn.Parameter(column_major(weight))  # see column_major: a faster FC3
+        self.fc3.weight.copy_(weight)
         self.fc3.bias = nn.Parameter(bias)
         self.fc3_bn = None
         self.local_perceptron = None

@@ -384,25 +384,17 @@ def test_merged_forward_traces_with_another_batch_size():
         assert _rel(traced(x), merged(x)) < 1e-12
 
 
-# ---- the merged weights' layout: column-major, nothing cached -------------------------------------
+# ---- the merged weights: the state_dict format, nothing cached --------------------------------------
 
 
 @pytest.mark.parametrize("name", ["4_parts_g2", "16_parts_g8", "1_part_g1"])
-def test_merged_weights_are_column_major_with_the_same_state_dict(train_steps, randomize_bn, name):
+def test_merged_state_dict_loads_into_a_fresh_merged_block(train_steps, randomize_bn, name):
     block, merged, x = _fast_pair(train_steps, randomize_bn, name, torch.float64)
-    weights = [merged.fc3.weight]
-    if merged.global_perceptron is not None:
-        weights += [merged.global_perceptron.fc1.weight, merged.global_perceptron.fc2.weight]
-    for weight in weights:
-        assert weight.stride() == (1, weight.shape[0]) and weight.t().is_contiguous()
-    assert block.fc3.weight.is_contiguous()  # deploy() copied: the training block stays row-major
-    # the state_dict has the keys and values of a row-major merge: a fresh merged block loads it exactly
     state = merged.state_dict()
-    assert torch.equal(state["fc3.weight"], block.merged_fc3()[0])
-    other = deploy(RepMLPBlock(*FAST[name][:6], groups=FAST[name][6], fc1_fc2_reduction=2,
-                               global_perceptron=FAST[name][7]).double())
-    other.load_state_dict(state)
-    assert other.fc3.weight.stride() == (1, other.fc3.weight.shape[0])  # copied in place: layout kept
+    assert torch.equal(state["fc3.weight"], block.merged_fc3()[0])  # row-major (O*h*w, C*h*w/g), as merged
+    c, o, height, width, h, w, g, gp = FAST[name]
+    other = deploy(RepMLPBlock(c, o, height, width, h, w, groups=g, fc1_fc2_reduction=2, global_perceptron=gp))
+    other.double().load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(other(x), merged(x))
 

@@ -543,11 +543,15 @@ def net_vs_layers(
     ``layer_ms``, ``{layer name: ms}``.
     """
     layers = dict(model.named_children())
+    rule = "model: its top-level layers applied in order must give its output (an nn.Sequential)"
     inputs, out = {}, x
-    for name, layer in layers.items():
-        inputs[name], out = out, layer(out)
+    try:
+        for name, layer in layers.items():
+            inputs[name], out = out, layer(out)
+    except RuntimeError as error:  # a forward that reshapes between its layers, say
+        raise ValueError(f"{rule}; layer {name!r} failed: {error}") from error
     if not torch.equal(out, model(x)):
-        raise ValueError("model: its top-level layers applied in order must give its output (an nn.Sequential)")
+        raise ValueError(rule)
     fns = {"net": model} | {
         f"layer {name}": (lambda _, layer=layer, inp=inputs[name]: layer(inp)) for name, layer in layers.items()
     }

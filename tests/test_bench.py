@@ -99,3 +99,7 @@ def test_net_vs_layers_rejects_a_model_that_is_not_a_chain():
 
     with pytest.raises(ValueError, match="model: its top-level layers"):
         net_vs_layers(Skip(), torch.randn(2, 4), rounds=1, min_run_time=0.01)
+    flatten_inside = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(8, 2))  # needs a flatten the chain lacks
+    flatten_inside.forward = lambda x: flatten_inside[1](flatten_inside[0](x).flatten(1))
+    with pytest.raises(ValueError, match="layer '1' failed"):
+        net_vs_layers(flatten_inside, torch.randn(2, 1, 4, 4), rounds=1, min_run_time=0.01)

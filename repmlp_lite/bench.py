@@ -525,6 +525,47 @@ def bottleneck_table(
     ]
 
 
+# ---- the whole network against its layers ------------------------------------------------------
+
+
+@torch.no_grad()
+def net_vs_layers(
+    model: nn.Sequential, x: torch.Tensor, rounds: int = 3, min_run_time: float = 0.1
+) -> dict[str, Any]:
+    """The whole ``model(x)`` timed against the sum of its top-level layers, each timed alone on its
+    own input (the previous layer's output, computed once beforehand).
+
+    ``model`` must be a chain: its top-level layers applied in order give its output (an
+    ``nn.Sequential`` such as :func:`~repmlp_lite.nets.small_repmlp_resnet`, deployed or not).
+    All are timed interleaved (:func:`interleaved_ms`). Returns ``net_ms``, ``layers_ms`` (the
+    sum of the layers' medians), ``net/layers`` (the median over rounds of the net's time over
+    the sum of that round's layer times; above 1 means the net costs more than its parts) and
+    ``layer_ms``, ``{layer name: ms}``.
+    """
+    layers = dict(model.named_children())
+    rule = "model: its top-level layers applied in order must give its output (an nn.Sequential)"
+    inputs, out = {}, x
+    try:
+        for name, layer in layers.items():
+            inputs[name], out = out, layer(out)
+    except RuntimeError as error:  # a forward that reshapes between its layers, say
+        raise ValueError(f"{rule}; layer {name!r} failed: {error}") from error
+    if not torch.equal(out, model(x)):
+        raise ValueError(rule)
+    fns = {"net": model} | {
+        f"layer {name}": (lambda _, layer=layer, inp=inputs[name]: layer(inp)) for name, layer in layers.items()
+    }
+    times = interleaved_ms(fns, x, rounds, min_run_time)
+    sums = [sum(t[i] for key, t in times.items() if key != "net") for i in range(rounds)]
+    ms = median_ms(times)
+    return {
+        "net_ms": ms["net"],
+        "layers_ms": sum(ms[f"layer {name}"] for name in layers),
+        "net/layers": statistics.median(n / s for n, s in zip(times["net"], sums)),
+        "layer_ms": {name: ms[f"layer {name}"] for name in layers},
+    }
+
+
 # ---- the cost of merging --------------------------------------------------------------------------
 
 

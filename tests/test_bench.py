@@ -70,3 +70,36 @@ def test_latency_ms_of_a_module_is_positive():
     model = nn.Linear(8, 8).eval()
     ms = latency_ms(model, torch.randn(2, 8), min_run_time=0.02)
     assert 0.0 < ms < 1000.0
+
+
+def test_net_vs_layers_times_the_chain_and_its_parts():
+    from repmlp_lite.bench import net_vs_layers
+    from repmlp_lite.nets import small_repmlp_resnet
+
+    torch.manual_seed(0)
+    net = deploy(small_repmlp_resnet(width=8).eval())
+    x = torch.randn(2, 3, 32, 32)
+    row = net_vs_layers(net, x, rounds=1, min_run_time=0.01)
+    assert list(row["layer_ms"]) == [name for name, _ in net.named_children()]
+    assert row["layers_ms"] == pytest.approx(sum(row["layer_ms"].values()))
+    assert row["net_ms"] > 0 and all(ms > 0 for ms in row["layer_ms"].values())
+    assert row["net/layers"] == pytest.approx(row["net_ms"] / row["layers_ms"])  # one round: one ratio
+
+
+def test_net_vs_layers_rejects_a_model_that_is_not_a_chain():
+    from repmlp_lite.bench import net_vs_layers
+
+    class Skip(nn.Module):  # children (one Linear) do not make the forward: x + fc(x)
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x + self.fc(x)
+
+    with pytest.raises(ValueError, match="model: its top-level layers"):
+        net_vs_layers(Skip(), torch.randn(2, 4), rounds=1, min_run_time=0.01)
+    flatten_inside = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(8, 2))  # needs a flatten the chain lacks
+    flatten_inside.forward = lambda x: flatten_inside[1](flatten_inside[0](x).flatten(1))
+    with pytest.raises(ValueError, match="layer '1' failed"):
+        net_vs_layers(flatten_inside, torch.randn(2, 1, 4, 4), rounds=1, min_run_time=0.01)

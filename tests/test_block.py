@@ -382,3 +382,33 @@ def test_merged_forward_traces_with_another_batch_size():
     x = torch.randn(5, 4, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         assert _rel(traced(x), merged(x)) < 1e-12
+
+
+# ---- the merged weights: the state_dict format, nothing cached --------------------------------------
+
+
+@pytest.mark.parametrize("name", ["4_parts_g2", "16_parts_g8", "1_part_g1"])
+def test_merged_state_dict_loads_into_a_fresh_merged_block(train_steps, randomize_bn, name):
+    block, merged, x = _fast_pair(train_steps, randomize_bn, name, torch.float64)
+    state = merged.state_dict()
+    assert torch.equal(state["fc3.weight"], block.merged_fc3()[0])  # row-major (O*h*w, C*h*w/g), as merged
+    c, o, height, width, h, w, g, gp = FAST[name]
+    other = deploy(RepMLPBlock(c, o, height, width, h, w, groups=g, fc1_fc2_reduction=2, global_perceptron=gp))
+    other.double().load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(other(x), merged(x))
+
+
+def test_merged_block_follows_weights_changed_in_place(train_steps, randomize_bn):
+    """Nothing is cached: weights loaded or scaled after merging change the output at once."""
+    _, merged, x = _fast_pair(train_steps, randomize_bn, "4_parts_g2", torch.float64)
+    with torch.no_grad():
+        before = merged(x)
+        merged.fc3.weight.data.mul_(2)  # .data bypasses autograd and the version counter
+        merged.global_perceptron.fc1.weight.data.mul_(0.5)
+        expected = merged.reference_forward(x)  # the readable path on the scaled weights
+        assert _rel(merged(x), expected) < 1e-10 and _rel(merged(x), before) > 0.1
+        # a state_dict from another merged block, loaded after merging (as the official loaders do)
+        other = deploy(RepMLPBlock(4, 6, 8, 8, 4, 4, groups=2, fc1_fc2_reduction=2).double())
+        merged.load_state_dict(other.state_dict())
+        assert _rel(merged(x), other(x)) < 1e-12

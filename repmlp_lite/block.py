@@ -80,6 +80,24 @@ def _gather_rows(t: torch.Tensor, w: int, sizes: tuple[int, ...], dims: tuple[in
     return torch.index_select(t.reshape(-1, w), 0, order)
 
 
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """A grouped FC on rows: ``(M, in) -> (M, out)``; group ``j`` maps features ``j*in/g ...`` to
+    ``j*out/g ...`` with rows ``j*out/g ...`` of ``weight`` ``(out, in/g)``; ``bias`` ``(out,)`` or ``None``.
+
+    ``F.linear`` for one group, else one batched matmul over the groups (``baddbmm`` adds the bias).
+    """
+    if groups == 1:
+        return F.linear(x, weight, bias)
+    m = x.shape[0]
+    xg = x.reshape(m, groups, -1).transpose(0, 1)  # (g, M, in/g)
+    wg = weight.reshape(groups, -1, weight.shape[1]).transpose(1, 2)  # (g, in/g, out/g)
+    if bias is None:
+        out = torch.bmm(xg, wg)  # (g, M, out/g)
+    else:  # the bias added by the matmul itself (as F.linear does), not in a second pass
+        out = torch.baddbmm(bias.reshape(groups, 1, -1), xg, wg)
+    return out.transpose(0, 1).reshape(m, -1)  # (M, out)
+
+
 class GroupedFC(nn.Module):
     """A fully-connected layer with ``groups``: ``(M, in_features) -> (M, out_features)``.
 
@@ -97,17 +115,7 @@ class GroupedFC(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default, per group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups == 1:
-            return F.linear(x, self.weight, self.bias)
-        m = x.shape[0]
-        g = self.groups
-        xg = x.reshape(m, g, -1).transpose(0, 1)  # (g, M, in/g)
-        wg = self.weight.reshape(g, -1, self.weight.shape[1]).transpose(1, 2)  # (g, in/g, out/g)
-        if self.bias is None:
-            out = torch.bmm(xg, wg)  # (g, M, out/g)
-        else:  # the bias added by the matmul itself (as F.linear does), not in a second pass
-            out = torch.baddbmm(self.bias.reshape(g, 1, -1), xg, wg)
-        return out.transpose(0, 1).reshape(m, -1)  # (M, out)
+        return grouped_linear(x, self.weight, self.bias, self.groups)
 
     def extra_repr(self) -> str:
         out_f, in_g = self.weight.shape

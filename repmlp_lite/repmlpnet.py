@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_4d, check_divisible, check_positive
-from .block import ConvBN, partition, unpartition
+from .block import ConvBN, grouped_linear, partition, unpartition
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
 from .deploy import merge_submodules
 from .fusion import bn_scale_shift, fuse_bn_linear
@@ -91,12 +91,7 @@ def fc3_forward(
         return out.reshape(b, features)
     if impl != "matmul":
         raise ValueError(f"impl must be 'matmul' or 'conv', got {impl!r}")
-    if sets == 1:
-        return F.linear(rows, weight, bias)
-    xs = rows.reshape(b, sets, hw).transpose(0, 1)  # (S, B, hw)
-    ws = weight.reshape(sets, hw, hw).transpose(1, 2)  # (S, hw_in, hw_out)
-    out = torch.bmm(xs, ws) if bias is None else torch.baddbmm(bias.reshape(sets, 1, hw), xs, ws)
-    return out.transpose(0, 1).reshape(b, features)
+    return grouped_linear(rows, weight, bias, sets)  # FC3 with share-sets is a grouped FC with g = S
 
 
 class RepMLPNetBlock(nn.Module):

@@ -28,7 +28,6 @@ from torch import nn
 
 from ._checks import check_positive
 from .block import GlobalPerceptron, RepMLPBlock, partition, unpartition
-from .fusion import fuse_conv_bn
 from .nets import ConvBNLayer, conv_bn_relu
 from .zoo import register_model
 
@@ -48,28 +47,20 @@ class PartitionConvBlock(nn.Module):
         self.global_perceptron = (
             GlobalPerceptron(channels, H // h, W // w, h, w, fc1_fc2_reduction=1) if (H, W) != (h, w) else None
         )
-        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=False)
-        self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(channels)
+        self.conv = ConvBNLayer(channels, channels, kernel_size, groups=groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
         if self.global_perceptron is not None:
             v = self.global_perceptron(x)  # (N, C, H/h, W/w): one value per partition and channel
             x = x + v.repeat_interleave(self.h, 2).repeat_interleave(self.w, 3)
-        out = self.conv(partition(x, self.h, self.w))
-        if self.bn is not None:
-            out = self.bn(out)
-        return unpartition(out, n, height, width)
+        return unpartition(self.conv(partition(x, self.h, self.w)), n, height, width)
 
     @torch.no_grad()
     def switch_to_deploy(self) -> None:
-        """Fold the BN into the conv and the global perceptron's BN into its FC1."""
-        if self.bn is None:
-            raise ValueError("the block is already merged: switch_to_deploy() was called twice")
-        weight, bias = fuse_conv_bn(self.conv.weight, None, self.bn)
-        self.conv.weight.copy_(weight)
-        self.conv.bias = nn.Parameter(bias)
-        self.bn = None
+        """Fold the BN into the conv (:meth:`ConvBNLayer.switch_to_deploy`, which raises when called
+        twice) and the global perceptron's BN into its FC1."""
+        self.conv.switch_to_deploy()
         if self.global_perceptron is not None:
             self.global_perceptron.switch_to_deploy()
 

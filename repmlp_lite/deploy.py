@@ -22,10 +22,15 @@ def merge_submodules(module: nn.Module) -> None:
     a merged module are not visited again.
     """
     for child in module.children():
-        if callable(getattr(child, "switch_to_deploy", None)):
-            child.switch_to_deploy()
-        else:
-            merge_submodules(child)
+        _merge(child)
+
+
+def _merge(module: nn.Module) -> None:
+    """``module.switch_to_deploy()`` where it defines one, else the same for its submodules."""
+    if callable(getattr(module, "switch_to_deploy", None)):
+        module.switch_to_deploy()
+    else:
+        merge_submodules(module)
 
 
 def _fuse_sequential_pairs(model: nn.Module) -> None:
@@ -57,10 +62,7 @@ def deploy(model: nn.Module) -> nn.Module:
     A BN that follows neither is left in place. Raises ``ValueError`` if a module was already merged.
     """
     merged = copy.deepcopy(model).eval()
-    if callable(getattr(merged, "switch_to_deploy", None)):
-        merged.switch_to_deploy()
-    else:
-        merge_submodules(merged)
+    _merge(merged)
     _fuse_sequential_pairs(merged)
     return merged.eval()  # the modules put in (Identity, fused layers) start in train mode
 

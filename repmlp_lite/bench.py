@@ -240,7 +240,7 @@ TIME_CATEGORIES = {
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence the process's stderr (file descriptor 2): the profiler's C++ library (Kineto) writes
     a line there when it starts and stops, which would land in every notebook output."""
     sys.stderr.flush()
@@ -270,7 +270,7 @@ def time_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, iters: in
     for _ in range(2):
         fn(x)
     walls = []
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(iters):
             start = time.perf_counter()
             fn(x)

@@ -11,8 +11,6 @@ beside the paper's. :func:`profile_table` says where a net spends its time (``to
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .bench import interleaved_ms, median_ms, median_ratio, randomize_bn
+from .bench import interleaved_ms, median_ms, median_ratio, quiet_stderr, randomize_bn
 from .deploy import deploy
 from .zoo import create_model
 
@@ -46,22 +44,6 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-@contextmanager
-def _silent_stderr() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for the body: the profiler's C++ layer logs its start and
-    stop there, which a notebook would show as output."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def deployed_nets(names: Sequence[str] = tuple(PAPER_THROUGHPUT), seed: int = 0) -> dict[str, nn.Module]:
@@ -121,7 +103,7 @@ def profile_table(net: nn.Module, batch: int = 8, top: int = 8, threads: int | N
     x = torch.randn(batch, 3, 224, 224)
     with torch_threads(threads):
         net(x)  # warm-up
-        with _silent_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with quiet_stderr(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             net(x)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)

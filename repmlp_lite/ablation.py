@@ -22,6 +22,7 @@ from .data import load_digits_on_canvas
 from .deploy import deploy
 from .repmlpnet import small_repmlpnet
 from .train import accuracy, predict, train
+from .viz import COLUMN_WIDTH_IN
 
 VARIANTS = {"with conv branches (K = 1, 3)": (1, 3), "without (FC3 alone)": ()}
 
@@ -87,7 +88,7 @@ def seeds_won(results: pd.DataFrame) -> int:
     return int((first > second.reindex(first.index)).sum())
 
 
-def plot_ablation(results: pd.DataFrame, width: float = 6.8) -> Figure:
+def plot_ablation(results: pd.DataFrame, width: float = COLUMN_WIDTH_IN) -> Figure:
     """Each seed's accuracy as a dot, and mean ± std as a bar with error line, one column per variant."""
     fig, ax = plt.subplots(figsize=(width, 0.45 * width))
     variants: Sequence[str] = list(dict.fromkeys(results["variant"]))

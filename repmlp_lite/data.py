@@ -29,25 +29,38 @@ def _standardise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
     return (train - mean) / std, (test - mean) / std
 
 
+def _sklearn_digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits upsampled bilinearly to ``size x size``: images ``(N, 1, size, size)``
+    in ``[0, 1]`` and labels ``(N,)``."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images, torch.tensor(digits.target, dtype=torch.int64)
+
+
+def _random_split(
+    images: torch.Tensor, labels: torch.Tensor, test_fraction: float, gen: torch.Generator, train_size: int | None = None
+) -> ImageData:
+    """A random train/test split (``train_size``: keep only that many training images), standardised."""
+    order = torch.randperm(len(labels), generator=gen)
+    n_test = int(len(labels) * test_fraction)
+    test_idx, train_idx = order[:n_test], order[n_test:][:train_size]
+    train_x, test_x = _standardise(images[train_idx], images[test_idx])
+    return ImageData(
+        TensorDataset(train_x, labels[train_idx]), TensorDataset(test_x, labels[test_idx]), 10, 1, images.shape[-1]
+    )
+
+
 def load_digits(image_size: int = 32, test_fraction: float = 0.25, seed: int = 0) -> ImageData:
     """scikit-learn's 1,797 handwritten digits (8x8, 10 classes; shipped with the package).
 
     Upsampled bilinearly to ``image_size x image_size`` so the nets see the 32x32 size they
     are built for; split at random (fixed ``seed``) into train and test.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
-    images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    labels = torch.tensor(digits.target, dtype=torch.int64)
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    n_test = int(len(labels) * test_fraction)
-    test_idx, train_idx = order[:n_test], order[n_test:]
-    train_x, test_x = _standardise(images[train_idx], images[test_idx])
-    return ImageData(
-        TensorDataset(train_x, labels[train_idx]), TensorDataset(test_x, labels[test_idx]), 10, 1, image_size
-    )
+    images, labels = _sklearn_digits(image_size)
+    return _random_split(images, labels, test_fraction, torch.Generator().manual_seed(seed))
 
 
 def load_cifar10(root: str = "data", train_size: int | None = None, test_size: int | None = None) -> ImageData:
@@ -94,24 +107,13 @@ def load_digits_on_canvas(
     sees pixels by position must learn it at every position, while a conv learns it once.
     ``train_size`` keeps only that many training images (fewer images, more need for locality).
     """
-    from sklearn.datasets import load_digits as sklearn_digits
-
     if digit_size > canvas_size:
         raise ValueError(f"digit_size={digit_size} must be at most canvas_size={canvas_size}")
-    digits = sklearn_digits()
-    small = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    small = F.interpolate(small, size=(digit_size, digit_size), mode="bilinear", align_corners=False)
+    small, labels = _sklearn_digits(digit_size)
     gen = torch.Generator().manual_seed(seed)
     n = len(small)
     corners = torch.randint(0, canvas_size - digit_size + 1, (n, 2), generator=gen)
     images = torch.zeros(n, 1, canvas_size, canvas_size)
     for i, (top, left) in enumerate(corners.tolist()):
         images[i, :, top:top + digit_size, left:left + digit_size] = small[i]
-    labels = torch.tensor(digits.target, dtype=torch.int64)
-    order = torch.randperm(n, generator=gen)
-    n_test = int(n * test_fraction)
-    test_idx, train_idx = order[:n_test], order[n_test:][:train_size]
-    train_x, test_x = _standardise(images[train_idx], images[test_idx])
-    return ImageData(
-        TensorDataset(train_x, labels[train_idx]), TensorDataset(test_x, labels[test_idx]), 10, 1, canvas_size
-    )
+    return _random_split(images, labels, test_fraction, gen, train_size)

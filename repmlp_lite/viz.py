@@ -567,7 +567,7 @@ def static_explorer(
     choices: dict[str, Sequence[object]],
     labels: dict[str, str],
     picture: Callable[..., tuple[bytes, str]],
-    defaults: dict[str, object],
+    preferred: dict[str, object],
     css_prefix: str,
     invalid: str = "Not a valid conv",
 ) -> widgets.VBox:
@@ -578,7 +578,8 @@ def static_explorer(
         labels: each control's label (shown beside it, as HTML).
         picture: ``picture(**setting) -> (png bytes, caption)`` for one setting; a ``ValueError``
             it raises is shown (as the caption, with no picture) for that setting.
-        defaults: the setting shown first (one value per control).
+        preferred: the setting to show first; a control whose preferred value is not among its
+            choices starts at its first value.
         css_prefix: the class of the whole box; each picture also has the class
             :func:`setting_class` ``(css_prefix, setting)``.
         invalid: the words before the error message of a setting ``picture`` refuses.
@@ -588,6 +589,7 @@ def static_explorer(
         control's ``index`` is ``jslink`` ed to the ``selected_index`` of all stacks of its level.
     """
     names = list(choices)
+    defaults = {name: preferred[name] if preferred[name] in values else values[0] for name, values in choices.items()}
     # Nest the longest choice lists innermost (fewest stacks), and share one layout and one
     # style between all the pictures' widgets: the saved state is then mostly the PNGs.
     nesting = sorted(names, key=lambda name: len(choices[name]))
@@ -642,8 +644,7 @@ def static_kernel_explorer(choices: dict[str, Sequence[object]] | None = None) -
         "hw": "image h = w", "channels": "channels C = O",
     }
     preferred = {"kernel_size": 3, "groups": 1, "padding": "same", "hw": 4, "channels": 2}
-    defaults = {name: preferred[name] if preferred[name] in values else values[0] for name, values in choices.items()}
-    return static_explorer(choices, labels, picture, defaults, "kx")
+    return static_explorer(choices, labels, picture, preferred, "kx")
 
 
 def embedded_png_bytes(widget: widgets.Widget) -> tuple[int, int]:
@@ -670,7 +671,7 @@ def partition_png(H: int, W: int, h: int, w: int) -> bytes:
     :func:`repmlp_lite.diagram.partition_diagram` as a palette PNG at most the column wide; the
     figure is closed afterwards. Raises ``ValueError`` when ``h``, ``w`` do not divide ``H``, ``W``.
     """
-    from .diagram import partition_diagram  # here, not at the top: diagram may come to use viz
+    from .diagram import partition_diagram  # here, not at the top: diagram imports viz
 
     with _book_defaults():
         fig = partition_diagram(H, W, h, w)
@@ -694,5 +695,4 @@ def static_partition_explorer(choices: dict[str, Sequence[int]] | None = None) -
 
     labels = {"H": "map height H", "W": "map width W", "h": "partition h", "w": "partition w"}
     preferred = {"H": 8, "W": 8, "h": 4, "w": 4}
-    defaults = {name: preferred[name] if preferred[name] in values else values[0] for name, values in choices.items()}
-    return static_explorer(choices, labels, picture, defaults, "px", invalid="Not a valid partition")
+    return static_explorer(choices, labels, picture, preferred, "px", invalid="Not a valid partition")

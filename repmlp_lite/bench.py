@@ -121,10 +121,11 @@ class BareMatmuls:
     of the copying, pooling or adding around them.
 
     Which layout of the weights a BLAS multiplies fastest depends on the shapes and the machine,
-    so the limit is the best of two (:meth:`layouts`): ``"transposed"``, ``torch.matmul`` on
-    weights transposed in advance into contiguous ``(in, out)`` matrices, and ``"as stored"``,
+    so the limit is the best of three (:meth:`layouts`): ``"transposed"``, ``torch.matmul`` on
+    weights transposed in advance into contiguous ``(in, out)`` matrices; ``"as stored"``,
     ``F.linear`` / ``torch.bmm`` reading the stored ``(out, in)`` weights transposed (what
-    ``nn.Linear`` and the merged block do).
+    ``nn.Linear`` and the merged block do); and ``"weight left"``, the transposed products
+    ``W @ X^T`` on the stored weights (what the merged block does for one image of one partition).
     """
 
     def __init__(self, block: RepMLPBlock, x: torch.Tensor):
@@ -144,6 +145,7 @@ class BareMatmuls:
         g, weight = block.groups, block.fc3.weight.detach()
         self.fc3_weight_stored = weight.reshape(g, -1, weight.shape[1])  # (g, out/g, in/g), a view
         self.fc3_weight = self.fc3_weight_stored.transpose(1, 2).contiguous()  # (g, in/g, out/g)
+        self.fc3_product = torch.bmm(self.fc3_input, self.fc3_weight)  # (g, M, out/g): what the copy out reads
         self.fc1_input = self.fc1_weight = self.fc2_weight = None
         if gp is not None:
             self.fc1_input = captured[0].contiguous()  # (N, C*P)
@@ -165,9 +167,24 @@ class BareMatmuls:
             fc2 = F.linear(F.linear(self.fc1_input, gp.fc1.weight), gp.fc2.weight)
         return fc2, torch.bmm(self.fc3_input, self.fc3_weight_stored.transpose(1, 2))
 
+    def weight_left(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The same products transposed, stored weights on the left (``W @ X^T``); ``x`` is ignored."""
+        fc2 = None
+        gp = self.block.global_perceptron
+        if self.fc1_input is not None:
+            fc2 = torch.mm(gp.fc2.weight, torch.mm(gp.fc1.weight, self.fc1_input.t()))
+        return fc2, torch.bmm(self.fc3_weight_stored, self.fc3_input.transpose(1, 2))
+
     def layouts(self) -> dict[str, Callable[[torch.Tensor | None], Any]]:
         """``{layout name: the products in that layout}``, for :func:`interleaved_ms`."""
-        return {"transposed": self, "as stored": self.as_stored}
+        return {"transposed": self, "as stored": self.as_stored, "weight left": self.weight_left}
+
+    def copies(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged block's two copies alone, without products or global perceptron: ``x`` to FC3's
+        operand (:meth:`~repmlp_lite.block.RepMLPBlock.grouped_partitions`) and a product back to a
+        map (:meth:`~repmlp_lite.block.RepMLPBlock.ungrouped_output`). Both are views for one
+        image of one partition, as in the merged forward."""
+        return self.block.grouped_partitions(x), self.block.ungrouped_output(self.fc3_product)
 
     def block_output(self, fc3_product: torch.Tensor) -> torch.Tensor:
         """The block's output ``(N, O, H, W)`` from the FC3 product: add the bias, undo the layout."""
@@ -381,7 +398,9 @@ def measure_block(
     mode) and the conv baseline (3x3 conv + BN + ReLU). Ratios: ``merged/bare`` (per round, over
     the fastest layout of that round), ``merged/train``, ``merged/conv``. Also parameters, FLOPs
     and ``copies``: bytes per image the merged form writes outside its products (:func:`copy_bytes`),
-    next to ``io_bytes``, its input plus output per image.
+    next to ``io_bytes``, its input plus output per image. ``copies_ms`` times the copy in and
+    the copy out alone (:meth:`BareMatmuls.copies`), and ``floor/bare`` is ``(bare + copies) /
+    bare``: the best ratio any forward that makes those two copies around the products can reach.
     """
     torch.manual_seed(seed)
     size = parts * h
@@ -393,9 +412,11 @@ def measure_block(
     bare = BareMatmuls(merged, x)
     layouts = {f"bare {name}": fn for name, fn in bare.layouts().items()}
 
-    fns = {"merged": merged} | layouts | ({"train": train, "conv": conv} if baselines else {})
+    fns = {"merged": merged} | layouts | {"copies": bare.copies}
+    fns |= {"train": train, "conv": conv} if baselines else {}
     times = interleaved_ms(fns, x, rounds, min_run_time)
     times["bare"] = [min(t[i] for name, t in times.items() if name in layouts) for i in range(rounds)]
+    times["floor"] = [b + c for b, c in zip(times["bare"], times["copies"])]
     ms = median_ms(times)
     row = {
         "table": "block",
@@ -406,9 +427,11 @@ def measure_block(
         "groups": groups,
         "batch": batch,
         "merged/bare": median_ratio(times, "merged", "bare"),
+        "floor/bare": median_ratio(times, "floor", "bare"),
         "merged_ms": ms["merged"],
         "bare_ms": ms["bare"],
         "bare_layout": min(layouts, key=lambda name: ms[name]).removeprefix("bare "),
+        "copies_ms": ms["copies"],
         "copies": copy_bytes(merged, x),
         "io_bytes": 2 * channels * size * size * x.element_size(),
         "params_merged": count_parameters(merged),
@@ -741,8 +764,8 @@ def repmlpnet_count_table() -> list[dict[str, Any]]:
 
 # Columns printed per table (all columns go to the CSV): ratios first, then the times behind them.
 COLUMNS = {
-    "block": ["C", "h", "P", "groups", "batch", "merged/bare", "merged/train", "merged/conv",
-              "merged_ms", "bare_ms", "bare_layout", "train_ms", "conv_ms", "copies", "io_bytes"],
+    "block": ["C", "h", "P", "groups", "batch", "merged/bare", "floor/bare", "merged/train", "merged/conv",
+              "merged_ms", "bare_ms", "bare_layout", "copies_ms", "train_ms", "conv_ms", "copies", "io_bytes"],
     "bottleneck": ["kind", "C", "h", "groups", "batch", "merged/train", "merged/resnet",
                    "train_ms", "merged_ms", "resnet_ms", "params_merged", "params_resnet"],
     "deploy": ["what", "C", "fc_kernel_entries", "ms"],

@@ -16,7 +16,7 @@ from torch import nn
 from repmlp_lite.bench import (
     TIME_CATEGORIES, BareMatmuls, block_configs, copy_bytes, count_flops, measure_block, time_breakdown, write_csv,
 )
-from repmlp_lite.block import RepMLPBlock
+from repmlp_lite.block import RepMLPBlock, partition
 from repmlp_lite.deploy import deploy
 from repmlp_lite.export import conv_nodes, export_onnx, merged_small_repmlp_resnet, onnxruntime_fn, round_trip
 
@@ -187,7 +187,7 @@ def test_exported_merged_block_has_no_conv_but_the_training_form_has(train_steps
     assert counts.in_blocks == counts.total
 
 
-# ---- the limit in two layouts, the copies, the time breakdown -----------------------------------------
+# ---- the limit in three layouts, the copies, the time breakdown -----------------------------------------
 
 
 @pytest.mark.parametrize("name", ["g4", "g2_C!=O_nonsquare"])
@@ -195,11 +195,36 @@ def test_bare_matmul_layouts_compute_the_same_products(name, train_steps, random
     kwargs = BLOCKS[name]
     block = _merged_block(train_steps, randomize_bn, **kwargs).double()
     bare = BareMatmuls(block, torch.randn(3, kwargs["in_channels"], kwargs["H"], kwargs["W"], dtype=torch.float64))
-    assert set(bare.layouts()) == {"transposed", "as stored"}
+    assert set(bare.layouts()) == {"transposed", "as stored", "weight left"}
     assert bare.fc3_weight_stored.data_ptr() == block.fc3.weight.data_ptr()  # a view, not a copy
-    (fc2_t, fc3_t), (fc2_s, fc3_s) = bare(), bare.as_stored()
+    (fc2_t, fc3_t), (fc2_s, fc3_s), (fc2_l, fc3_l) = bare(), bare.as_stored(), bare.weight_left()
     torch.testing.assert_close(fc3_s, fc3_t, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fc2_s, fc2_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fc3_l.transpose(1, 2), fc3_t, rtol=1e-12, atol=1e-12)  # W @ X^T = (X @ W^T)^T
+    torch.testing.assert_close(fc2_l.t(), fc2_t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["g4", "single_partition"])
+def test_bare_copies_are_the_merged_forwards_copies(name, train_steps, randomize_bn):
+    """The copy floor times the copy in and the copy out of the merged forward: the same bytes."""
+    kwargs = BLOCKS[name]
+    block = _merged_block(train_steps, randomize_bn, **kwargs).double()
+    x = torch.randn(3, kwargs["in_channels"], kwargs["H"], kwargs["W"], dtype=torch.float64)
+    bare = BareMatmuls(block, x)
+    parts, out = bare.copies(x)
+    g, c, h, w = kwargs["groups"], kwargs["in_channels"], kwargs["h"], kwargs["w"]
+    assert parts.shape == (g, bare.fc3_input.shape[1], c // g, h * w)
+    assert out.shape == (3, kwargs["out_channels"], kwargs["H"], kwargs["W"]) and out.is_contiguous()
+    with torch.no_grad():  # the product put back is the block's output less its bias
+        torch.testing.assert_close(out, block(x) - block.fc3.bias.view(-1, h, w).repeat(1, *parts_per_side(kwargs)))
+    m = parts.shape[1]  # group j: channels j*C/g ... of every partition, without the correction v
+    torch.testing.assert_close(parts, partition(x, h, w).reshape(m, g, c // g, h * w).transpose(0, 1), rtol=0, atol=0)
+    # the merged forward copies exactly these bytes, plus the global perceptron's add and vectors
+    assert 0 < copy_bytes(bare.copies, x) <= copy_bytes(block, x)
+
+
+def parts_per_side(kwargs: dict) -> tuple[int, int]:
+    return kwargs["H"] // kwargs["h"], kwargs["W"] // kwargs["w"]
 
 
 def test_copy_bytes_counts_the_copies_not_the_products():
@@ -212,6 +237,11 @@ def test_copy_bytes_counts_the_copies_not_the_products():
     image = 8 * 8 * 8 * 4
     assert copy_bytes(merged, x) == 2 * image  # one copy in, one copy out
     assert copy_bytes(merged.reference_forward, x) > 2 * image  # the readable path copies more
+    one_part = deploy(RepMLPBlock(8, 8, 4, 4, 4, 4, groups=2))
+    small = torch.randn(4, 8, 4, 4)
+    assert copy_bytes(one_part, small) == 8 * 4 * 4 * 4  # one partition: no copy in, only the groups out
+    assert copy_bytes(one_part, small[:1]) == 0  # one image of one partition: no copy at all
+    assert copy_bytes(deploy(RepMLPBlock(8, 8, 4, 4, 4, 4, groups=1)), small) == 0  # nor with g = 1
 
 
 def test_time_breakdown_splits_a_merged_block():
@@ -239,8 +269,9 @@ def test_measure_block_without_baselines():
     row = measure_block(channels=8, h=2, groups=2, batch=2, parts=3, rounds=1, min_run_time=0.001, baselines=False)
     assert "merged/train" not in row and "train_ms" not in row
     assert row["P"] == 9 and row["H"] == 6
-    assert row["bare_layout"] in {"transposed", "as stored"}
+    assert row["bare_layout"] in {"transposed", "as stored", "weight left"}
     assert row["bare_ms"] > 0 and row["merged/bare"] > 0
+    assert row["copies_ms"] > 0 and row["floor/bare"] > 1
     assert row["copies"] >= row["io_bytes"] > 0
 
 

@@ -303,6 +303,7 @@ def test_merging_twice_raises():
 
 FAST = {  # (in, out, H, W, h, w, groups, global perceptron): groups, 1 to 16 partitions, C != O, h != w
     "1_part_g1": (4, 4, 4, 4, 4, 4, 1, True),
+    "1_part_g4_c_ne_o": (8, 4, 3, 5, 3, 5, 4, True),
     "4_parts_g2": (4, 6, 8, 8, 4, 4, 2, True),
     "6_parts_g4_nonsquare": (8, 4, 6, 12, 3, 4, 4, True),
     "16_parts_g8": (8, 8, 12, 12, 3, 3, 8, True),
@@ -311,7 +312,7 @@ FAST = {  # (in, out, H, W, h, w, groups, global perceptron): groups, 1 to 16 pa
 }
 
 
-def _fast_pair(train_steps, randomize_bn, name, dtype):
+def _fast_pair(train_steps, randomize_bn, name, dtype, batch=5):
     c, o, height, width, h, w, g, gp = FAST[name]
     torch.manual_seed(0)
     block = RepMLPBlock(c, o, height, width, h, w, groups=g, fc1_fc2_reduction=2, global_perceptron=gp)
@@ -319,7 +320,7 @@ def _fast_pair(train_steps, randomize_bn, name, dtype):
     for i, bn in enumerate(m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
         randomize_bn(bn, i)
     block.to(dtype).eval()
-    x = torch.randn(5, c, height, width, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(batch, c, height, width, dtype=dtype, generator=torch.Generator().manual_seed(1))
     return block, deploy(block), x
 
 
@@ -329,8 +330,9 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", list(FAST))
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_merged_forward_equals_the_training_form(train_steps, randomize_bn, name, dtype, tol):
-    block, merged, x = _fast_pair(train_steps, randomize_bn, name, dtype)
+@pytest.mark.parametrize("batch", [1, 5])  # one image of one partition: the matrix-vector path
+def test_merged_forward_equals_the_training_form(train_steps, randomize_bn, name, dtype, tol, batch):
+    block, merged, x = _fast_pair(train_steps, randomize_bn, name, dtype, batch)
     c, o, height, width, h, w, g, gp = FAST[name]
     assert (merged.global_perceptron is not None) == (gp and (height, width) != (h, w))
     with torch.no_grad():
@@ -375,11 +377,13 @@ def test_merged_forward_trains_and_needs_a_merged_block(train_steps, randomize_b
         assert _rel(fast, readable) < 1e-10
 
 
-def test_merged_forward_traces_with_another_batch_size():
-    """The copy's index is cached by shape, but not while tracing: a traced block takes any batch."""
-    merged = deploy(RepMLPBlock(4, 4, 8, 8, 4, 4, groups=2)).double()
-    traced = torch.jit.trace(merged, torch.randn(2, 4, 8, 8, dtype=torch.float64))
-    x = torch.randn(5, 4, 8, 8, dtype=torch.float64)
+@pytest.mark.parametrize("size,traced_batch", [(8, 2), (4, 1)])
+def test_merged_forward_traces_with_another_batch_size(size, traced_batch):
+    """The copy's index is cached by shape, and one image of one partition (4x4 maps, batch 1) takes
+    the matrix-vector path, but neither while tracing: a traced block takes any batch."""
+    merged = deploy(RepMLPBlock(4, 4, size, size, 4, 4, groups=2)).double()
+    traced = torch.jit.trace(merged, torch.randn(traced_batch, 4, size, size, dtype=torch.float64))
+    x = torch.randn(5, 4, size, size, dtype=torch.float64)
     with torch.no_grad():
         assert _rel(traced(x), merged(x)) < 1e-12
 

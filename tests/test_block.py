@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repmlp_lite import block as block_module
 from repmlp_lite.block import GlobalPerceptron, GroupedFC, RepMLPBlock, partition, unpartition
 from repmlp_lite.conv_as_fc import fc_forward
 from repmlp_lite.deploy import check_equivalence, deploy
@@ -377,10 +378,29 @@ def test_merged_forward_trains_and_needs_a_merged_block(train_steps, randomize_b
         assert _rel(fast, readable) < 1e-10
 
 
+@pytest.mark.parametrize("name", ["1_part_g1", "1_part_g4_c_ne_o"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_one_image_of_one_partition_with_the_weight_on_the_left(train_steps, randomize_bn, monkeypatch, name, dtype, tol):
+    """A weight of WEIGHT_LEFT_BYTES or more is multiplied as W @ x for one image of one partition."""
+    block, merged, x = _fast_pair(train_steps, randomize_bn, name, dtype, batch=1)
+    left_operands = []  # the first matrix of each batched product
+    baddbmm = torch.baddbmm
+    monkeypatch.setattr(torch, "baddbmm", lambda *args: left_operands.append(args[1]) or baddbmm(*args))
+    for threshold, weight_left in [(10**12, False), (0, True)]:
+        monkeypatch.setattr(block_module, "WEIGHT_LEFT_BYTES", threshold)
+        with torch.no_grad():
+            fast = merged(x)
+            expected = block(x)
+        assert (left_operands.pop().data_ptr() == merged.fc3.weight.data_ptr()) == weight_left
+        assert fast.shape == expected.shape and fast.is_contiguous()
+        assert _rel(fast, expected) < tol
+
+
 @pytest.mark.parametrize("size,traced_batch", [(8, 2), (4, 1)])
-def test_merged_forward_traces_with_another_batch_size(size, traced_batch):
+def test_merged_forward_traces_with_another_batch_size(monkeypatch, size, traced_batch):
     """The copy's index is cached by shape, and one image of one partition (4x4 maps, batch 1) takes
     the matrix-vector path, but neither while tracing: a traced block takes any batch."""
+    monkeypatch.setattr(block_module, "WEIGHT_LEFT_BYTES", 0)
     merged = deploy(RepMLPBlock(4, 4, size, size, 4, 4, groups=2)).double()
     traced = torch.jit.trace(merged, torch.randn(traced_batch, 4, size, size, dtype=torch.float64))
     x = torch.randn(5, 4, size, size, dtype=torch.float64)

@@ -146,6 +146,7 @@ class BareMatmuls:
         self.fc3_weight_stored = weight.reshape(g, -1, weight.shape[1])  # (g, out/g, in/g), a view
         self.fc3_weight = self.fc3_weight_stored.transpose(1, 2).contiguous()  # (g, in/g, out/g)
         self.fc3_product = torch.bmm(self.fc3_input, self.fc3_weight)  # (g, M, out/g): what the copy out reads
+        self._operand = torch.empty_like(self.fc3_input)  # where the copy in writes
         self.fc1_input = self.fc1_weight = self.fc2_weight = None
         if gp is not None:
             self.fc1_input = captured[0].contiguous()  # (N, C*P)
@@ -182,9 +183,10 @@ class BareMatmuls:
     def copies(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The merged block's two copies alone, without products or global perceptron: ``x`` to FC3's
         operand (:meth:`~repmlp_lite.block.RepMLPBlock.grouped_partitions`) and a product back to a
-        map (:meth:`~repmlp_lite.block.RepMLPBlock.ungrouped_output`). Both are views for one
-        image of one partition, as in the merged forward."""
-        return self.block.grouped_partitions(x), self.block.ungrouped_output(self.fc3_product)
+        map (:meth:`~repmlp_lite.block.RepMLPBlock.ungrouped_output`). As in the merged forward,
+        the copy in writes into a buffer kept from call to call, the copy out into a new tensor,
+        and both are views for one image of one partition."""
+        return self.block.grouped_partitions(x, self._operand), self.block.ungrouped_output(self.fc3_product)
 
     def block_output(self, fc3_product: torch.Tensor) -> torch.Tensor:
         """The block's output ``(N, O, H, W)`` from the FC3 product: add the bias, undo the layout."""

@@ -385,7 +385,7 @@ def test_one_image_of_one_partition_with_the_weight_on_the_left(train_steps, ran
     block, merged, x = _fast_pair(train_steps, randomize_bn, name, dtype, batch=1)
     left_operands = []  # the first matrix of each batched product
     baddbmm = torch.baddbmm
-    monkeypatch.setattr(torch, "baddbmm", lambda *args: left_operands.append(args[1]) or baddbmm(*args))
+    monkeypatch.setattr(torch, "baddbmm", lambda *args, **kw: left_operands.append(args[1]) or baddbmm(*args, **kw))
     for threshold, weight_left in [(10**12, False), (0, True)]:
         monkeypatch.setattr(block_module, "WEIGHT_LEFT_BYTES", threshold)
         with torch.no_grad():
@@ -394,6 +394,39 @@ def test_one_image_of_one_partition_with_the_weight_on_the_left(train_steps, ran
         assert (left_operands.pop().data_ptr() == merged.fc3.weight.data_ptr()) == weight_left
         assert fast.shape == expected.shape and fast.is_contiguous()
         assert _rel(fast, expected) < tol
+
+
+def test_merged_forward_reuses_its_buffers_but_never_its_output():
+    """Without autograd the operand and product live in per-thread buffers shared by all merged
+    blocks; outputs stay the caller's, under no_grad and inference_mode alike, in any order."""
+    small = deploy(RepMLPBlock(4, 4, 8, 8, 4, 4, groups=2)).double().eval()
+    large = deploy(RepMLPBlock(4, 6, 12, 12, 4, 4, groups=2)).double().eval()
+    xs = [torch.randn(3, 4, 8, 8, dtype=torch.float64) for _ in range(2)] + [torch.randn(2, 4, 12, 12, dtype=torch.float64)]
+    expected = [small.reference_forward(xs[0]), small.reference_forward(xs[1]), large.reference_forward(xs[2])]
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with mode():
+            outs = [small(xs[0]), small(xs[1]), large(xs[2]), small(xs[0])]
+        for out, want in zip(outs, expected + expected[:1]):
+            assert _rel(out, want) < 1e-12  # no output was overwritten by a later call
+    buffers = block_module._workspace.buffers
+    assert {key[0] for key in buffers} == {"operand", "product"}
+    assert all(out.data_ptr() != b.data_ptr() for b in buffers.values() for out in outs)
+
+
+def test_merged_forward_in_threads_at_once():
+    """The buffers are per thread: blocks run concurrently in several threads stay exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    merged = deploy(RepMLPBlock(8, 8, 16, 16, 4, 4, groups=2)).double().eval()
+    xs = [torch.randn(4, 8, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(16)]
+    expected = [merged.reference_forward(x) for x in xs]
+
+    def run(i: int) -> float:
+        with torch.no_grad():
+            return max(_rel(merged(xs[i]), expected[i]) for _ in range(20))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert max(pool.map(run, range(16))) < 1e-12
 
 
 @pytest.mark.parametrize("size,traced_batch", [(8, 2), (4, 1)])

@@ -18,8 +18,9 @@ into FC1, and FC3+BN plus every conv+BN branch become one FC3 kernel and bias
 The merged form has its own forward (:meth:`RepMLPBlock.merged_forward`), written for speed: one
 copy from ``(N, C, H, W)`` straight into the grouped matmul's operand ``(g, N*P, C/g*h*w)``, the
 global perceptron's correction added to that operand in place, one batched matmul that adds
-FC3's bias, and one copy back to ``(N, O, H, W)``. The training form keeps the readable
-``partition -> FCs -> unpartition`` of the paper's figure.
+FC3's bias, and one copy back to ``(N, O, H, W)``; with one partition per image there is no copy
+in, and without autograd the intermediates are written into buffers reused from call to call. The
+training form keeps the readable ``partition -> FCs -> unpartition`` of the paper's figure.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ WEIGHT_LEFT_BYTES = 16 * 2**20
 
 A weight that does not stay in the CPU's cache between calls is read from memory each time, and
 MKL's matrix-vector product reads it fastest with the weight on the left, row by row as stored:
-0.6x the time of ``x @ W^T`` for 20 to 128 MiB weights (one thread, AMD EPYC, 32 MiB L3); for
-5 to 10 MiB weights, which stay in the cache, it took 1.1x to 1.3x. ``python -m repmlp_lite.bench``
-times both forms (layouts ``"weight left"`` and ``"as stored"``).
+0.57x to 0.8x the time of ``x @ W^T`` for 20 to 128 MiB weights with groups, the same time with
+``g = 1`` (one thread, AMD EPYC, 32 MiB L3); for 5 to 10 MiB weights, which stay in the cache, it
+took 1.1x to 1.3x. ``python -m repmlp_lite.bench`` times both forms (layouts ``"weight left"`` and
+``"as stored"``).
 """
 
 
@@ -91,7 +93,7 @@ class _Workspace(threading.local):
 
     Why: glibc's ``malloc`` hands large freed blocks back to the system, so a forward that
     allocated its intermediates afresh paid a page fault on every 4 KiB of them, every call; for
-    a 6 MiB operand (batch 32, C = 64, 28x28) that added 1.2x to 2x to the block's time.
+    a 6 MiB operand (batch 32, C = 64, 28x28, g = 8) that made the block 1.6x as slow.
     """
 
     def __init__(self) -> None:

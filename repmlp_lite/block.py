@@ -93,7 +93,9 @@ class _Workspace(threading.local):
 
     Why: glibc's ``malloc`` hands large freed blocks back to the system, so a forward that
     allocated its intermediates afresh paid a page fault on every 4 KiB of them, every call; for
-    a 6 MiB operand (batch 32, C = 64, 28x28, g = 8) that made the block 1.6x as slow.
+    a 6 MiB operand (batch 32, C = 64, 28x28, g = 8) that made the block 1.6x as slow. CPU only:
+    PyTorch's CUDA allocator already keeps its memory. A buffer grows to the largest need seen and
+    is kept while its thread lives (two operand-sized tensors per thread and dtype).
     """
 
     def __init__(self) -> None:
@@ -373,9 +375,9 @@ class RepMLPBlock(nn.Module):
         of one partition. That case is a matrix-vector product per group, and a weight of at least
         :data:`WEIGHT_LEFT_BYTES` goes on the left there, ``W @ x``, read row by row as stored.
 
-        Without autograd (``torch.no_grad``, ``torch.inference_mode``) and with more than one
-        partition, the operand and the product are written into buffers kept from call to call
-        (:class:`_Workspace`); the output is always a new tensor.
+        On the CPU, without autograd (``torch.no_grad``, ``torch.inference_mode``) and with more
+        than one partition, the operand and the product are written into buffers kept from call to
+        call (:class:`_Workspace`); the output is always a new tensor.
         """
         if not self.deployed:
             raise ValueError("merged_forward needs the merged block: call switch_to_deploy() first")
@@ -392,7 +394,7 @@ class RepMLPBlock(nn.Module):
             return out.view(1, o, self.H, self.W)
         n, parts = x.shape[0], (self.H // self.h) * (self.W // self.w)
         operand = product = None
-        if parts > 1 and not torch.is_grad_enabled() and not _tracing():
+        if parts > 1 and x.device.type == "cpu" and not torch.is_grad_enabled() and not _tracing():
             operand = _workspace.get("operand", (g, n * parts, weight.shape[2]), x)
             product = _workspace.get("product", (g, n * parts, weight.shape[1]), x)
         operand = self.grouped_input(x, operand)

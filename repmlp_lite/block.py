@@ -383,17 +383,18 @@ class RepMLPBlock(nn.Module):
             raise ValueError("merged_forward needs the merged block: call switch_to_deploy() first")
         self._check_input(x)
         g, o = self.groups, self.out_channels
+        n, parts = x.shape[0], (self.H // self.h) * (self.W // self.w)
         weight = self.fc3.weight.view(g, -1, self.fc3.weight.shape[1])  # (g, O/g*h*w, C/g*h*w)
         big = weight.numel() * weight.element_size() >= WEIGHT_LEFT_BYTES
         # (tracing before the batch size: comparing a symbolic one to 1 would fix it at 1)
-        if big and not _tracing() and x.shape[0] * (self.H // self.h) * (self.W // self.w) == 1:
+        if big and not _tracing() and n * parts == 1:
             # x as (g, C/g*h*w, 1) by transposing rows (g, 1, C/g*h*w): the strides MKL takes for a
             # column (a plain reshape's were 10x slower in places)
             column = x.reshape(g, 1, -1).transpose(1, 2)
             out = torch.baddbmm(self.fc3.bias.view(g, -1, 1), weight, column)  # (g, O/g*h*w, 1)
             return out.view(1, o, self.H, self.W)
-        n, parts = x.shape[0], (self.H // self.h) * (self.W // self.w)
         operand = product = None
+        # not with one partition: ungrouped_output may then return the product itself as the output
         if parts > 1 and x.device.type == "cpu" and not torch.is_grad_enabled() and not _tracing():
             operand = _workspace.get("operand", (g, n * parts, weight.shape[2]), x)
             product = _workspace.get("product", (g, n * parts, weight.shape[1]), x)

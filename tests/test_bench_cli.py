@@ -216,15 +216,12 @@ def test_bare_copies_are_the_merged_forwards_copies(name, train_steps, randomize
     assert parts.shape == (g, bare.fc3_input.shape[1], c // g, h * w)
     assert out.shape == (3, kwargs["out_channels"], kwargs["H"], kwargs["W"]) and out.is_contiguous()
     with torch.no_grad():  # the product put back is the block's output less its bias
-        torch.testing.assert_close(out, block(x) - block.fc3.bias.view(-1, h, w).repeat(1, *parts_per_side(kwargs)))
+        bias_map = block.fc3.bias.view(-1, h, w).repeat(1, kwargs["H"] // h, kwargs["W"] // w)
+        torch.testing.assert_close(out, block(x) - bias_map)
     m = parts.shape[1]  # group j: channels j*C/g ... of every partition, without the correction v
     torch.testing.assert_close(parts, partition(x, h, w).reshape(m, g, c // g, h * w).transpose(0, 1), rtol=0, atol=0)
     # the merged forward copies exactly these bytes, plus the global perceptron's add and vectors
     assert 0 < copy_bytes(bare.copies, x) <= copy_bytes(block, x)
-
-
-def parts_per_side(kwargs: dict) -> tuple[int, int]:
-    return kwargs["H"] // kwargs["h"], kwargs["W"] // kwargs["w"]
 
 
 def test_copy_bytes_counts_the_copies_not_the_products():

@@ -26,6 +26,7 @@ from torch import nn
 from ._checks import check_divisible, check_positive
 from .block import RepMLPBlock
 from .fusion import fuse_conv_bn
+from .zoo import register_model
 
 
 class ConvBNLayer(nn.Module):
@@ -226,6 +227,7 @@ def _small_resnet(
     )
 
 
+@register_model("small_repmlp_resnet")
 def small_repmlp_resnet(
     num_classes: int = 10,
     in_channels: int = 3,

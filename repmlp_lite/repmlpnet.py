@@ -350,6 +350,7 @@ for _arch, _res in [("t", 224), ("t", 256), ("b", 224), ("b", 256), ("d", 256), 
     _register(f"repmlpnet_{_arch}{_res}", _arch, _res)
 
 
+@register_model("small_repmlpnet")
 def small_repmlpnet(
     num_classes: int = 10,
     in_channels: int = 1,

@@ -26,8 +26,8 @@ from .nets import (
 from .official import load_official
 from .official_resnets import convert_v1_repmlp_resnet  # noqa: F401  (registers the converter)
 from .puremlp import pure_mlp
-from .resnets import repmlp_resnet
 from .repmlpnet import RepMLPNet, RepMLPNetBlock, RepMLPNetUnit, inject_locality, repmlpnet, small_repmlpnet
+from .resnets import repmlp_resnet
 from .zoo import create_model, list_models
 
 __all__ = [

@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from .data import load_digits_on_canvas
 from .deploy import deploy
 from .repmlpnet import small_repmlpnet
+from .style import COLUMN_WIDTH_IN
 from .train import accuracy, predict, train
-from .viz import COLUMN_WIDTH_IN
 
 VARIANTS = {"with conv branches (K = 1, 3)": (1, 3), "without (FC3 alone)": ()}
 

@@ -1,308 +1,70 @@
-"""Counting and timing: parameters, FLOPs (torch's FlopCounterMode) and latency (torch.utils.benchmark).
-
-The helpers at the top (:func:`count_parameters`, :func:`count_flops`, :func:`latency_ms`) are used
-by the chapters. The rest is the benchmark behind chapter 6, ``python -m repmlp_lite.bench``:
+"""The benchmark behind chapter 6, ``python -m repmlp_lite.bench``: sweeps and the command line.
 
 * :func:`count_table`: parameters and FLOPs of a block by partition size and groups (no timing).
 * :func:`block_table`: RepMLP blocks over partition sizes, partitions per image, channels, groups
   and batch sizes. Latency of the merged form against its three matrix products alone
-  (:class:`BareMatmuls`, in the best of two weight layouts: the limit), and of the training form
-  (eval mode) and a 3x3 conv + BN + ReLU with the same input and output; the bytes the merged
-  form writes outside its products (:func:`copy_bytes`). :func:`time_breakdown` splits a forward's
-  time by ``torch.profiler`` into products, copies and the global perceptron.
+  (:class:`~repmlp_lite.block_costs.BareMatmuls`, in the best of three weight layouts: the limit),
+  and of the training form (eval mode) and a 3x3 conv + BN + ReLU with the same input and output;
+  the bytes the merged form writes outside its products (:func:`~repmlp_lite.block_costs.copy_bytes`).
 * :func:`bottleneck_table`: the RepMLP bottleneck and Light block against the plain ResNet bottleneck.
+* :func:`net_vs_layers`: a whole net against the sum of its layers.
 * :func:`deploy_table`: how long :func:`~repmlp_lite.conv_as_fc.conv_to_fc` and a whole-model
   :func:`~repmlp_lite.deploy.deploy` take, against the size of the FC kernels they build.
 * :func:`engine_table`: the merged net in PyTorch against the same net exported to onnxruntime.
+* RepMLPNet and the paper's speed claims: :mod:`repmlp_lite.paper_speed`.
 
-Timing is interleaved: every variant of one row is timed once per round, round after round, so
-a slow moment of a shared machine hits all of them. A latency is the median over the rounds of
-``Timer.blocked_autorange``'s median; a ratio is the median of the per-round ratios.
+The primitives (counting, interleaved timing, medians of ratios, BN randomisation) are in
+:mod:`repmlp_lite.measure`, the block's limit, copied bytes and profile in
+:mod:`repmlp_lite.block_costs`; the names the chapters use (``bench.count_flops``,
+``bench.BareMatmuls``, ...) are imported here, so ``from repmlp_lite import bench`` reaches them all.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import csv
 import os
-import sys
-import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 from torch.utils import benchmark
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
 
-from .block import RepMLPBlock, unpartition
+from . import paper_speed
+from .block import RepMLPBlock
+from .block_costs import TIME_CATEGORIES, BareMatmuls, copy_bytes, time_breakdown
 from .conv_as_fc import conv_to_fc
 from .deploy import deploy
-from .repmlpnet import RepMLPNetBlock, fc3_forward
-from .zoo import create_model
-from .nets import RepMLPBottleneck, ResNetBottleneck, conv_bn_relu, repmlp_light_block, small_conv_resnet, small_repmlp_resnet
+from .export import export_onnx, onnxruntime_fn
+from .measure import (
+    count_flops,
+    count_parameters,
+    interleaved_ms,
+    latency_ms,
+    machine,
+    median_ms,
+    median_ratio,
+    randomize_bn,
+)
+from .nets import (
+    RepMLPBottleneck,
+    ResNetBottleneck,
+    conv_bn_relu,
+    repmlp_light_block,
+    small_conv_resnet,
+    small_repmlp_resnet,
+)
+from .paper_speed import repmlpnet_count_table, repmlpnet_table
 
-# ---- counting and timing one thing ------------------------------------------------------------
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (BN running statistics are buffers and not counted)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def count_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward pass on ``x`` as counted by ``torch.utils.flop_counter.FlopCounterMode``.
-
-    A multiply-add counts as 2 FLOPs; element-wise ops (BN in eval mode, ReLU, adds) count as 0.
-    """
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops()
-
-
-@torch.no_grad()
-def latency_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, min_run_time: float = 0.5) -> float:
-    """Median wall time of ``fn(x)`` in milliseconds, by ``torch.utils.benchmark.Timer`` (warm-up included).
-
-    ``fn`` is a module (put it in eval mode first) or any callable; CUDA is synchronised by the Timer.
-    """
-    timer = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x})
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
-
-
-@torch.no_grad()
-def interleaved_ms(
-    fns: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, rounds: int = 3, min_run_time: float = 0.1
-) -> dict[str, list[float]]:
-    """Time every ``fn(x)`` once per round, for ``rounds`` rounds: ``{name: [ms of round 1, ...]}``.
-
-    Each is warmed up twice first; each timing is :func:`latency_ms` (a median of many runs).
-    """
-    for fn in fns.values():
-        fn(x)
-        fn(x)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(latency_ms(fn, x, min_run_time))
-    return times
-
-
-def median_ms(times: dict[str, list[float]]) -> dict[str, float]:
-    """The median over rounds of each entry of :func:`interleaved_ms`."""
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def median_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
-    """``num / den``, the median of the per-round ratios (both were timed in the same round)."""
-    return statistics.median(a / b for a, b in zip(times[num], times[den]))
-
-
-# ---- the limit: the merged block's matrix products alone --------------------------------------
-
-
-class BareMatmuls:
-    """The merged block's three matrix products alone, on ready-made operands, in two layouts.
-
-    FC1 ``(N, C*P) x (C*P, C*P/rho)``, FC2 ``(N, C*P/rho) x (C*P/rho, C*P)``
-    (``rho = fc1_fc2_reduction``) and FC3 as one batched matmul over the groups, ``(g, M, C*h*w/g) x (g, C*h*w/g, O*h*w/g)`` (``P`` partitions per
-    image, ``M = N*P``). The operands are the very ones the merged block multiplies on ``x``
-    (FC3's from :meth:`RepMLPBlock.grouped_input`, FC1's captured by a forward hook), so
-    :meth:`block_output` rebuilds the block's output from these products: the same numbers, none
-    of the copying, pooling or adding around them.
-
-    Which layout of the weights a BLAS multiplies fastest depends on the shapes and the machine,
-    so the limit is the best of three (:meth:`layouts`): ``"transposed"``, ``torch.matmul`` on
-    weights transposed in advance into contiguous ``(in, out)`` matrices; ``"as stored"``,
-    ``F.linear`` / ``torch.bmm`` reading the stored ``(out, in)`` weights transposed (what
-    ``nn.Linear`` and the merged block do); and ``"weight left"``, the transposed products
-    ``W @ X^T`` on the stored weights (what the merged block does for one image of one partition).
-    """
-
-    def __init__(self, block: RepMLPBlock, x: torch.Tensor):
-        if not block.deployed:
-            raise ValueError("BareMatmuls needs a merged block: call switch_to_deploy() or deploy() first")
-        self.block, self.batch = block, x.shape[0]
-        gp = block.global_perceptron
-        captured: list[torch.Tensor] = []
-        hook = gp.fc1.register_forward_hook(lambda m, i, o: captured.append(i[0].detach())) if gp else None
-        try:
-            with torch.no_grad():
-                self.fc3_input = block.grouped_input(x).contiguous()  # (g, M, in/g)
-        finally:
-            if hook is not None:
-                hook.remove()
-
-        g, weight = block.groups, block.fc3.weight.detach()
-        self.fc3_weight_stored = weight.reshape(g, -1, weight.shape[1])  # (g, out/g, in/g), a view
-        self.fc3_weight = self.fc3_weight_stored.transpose(1, 2).contiguous()  # (g, in/g, out/g)
-        self.fc3_product = torch.bmm(self.fc3_input, self.fc3_weight)  # (g, M, out/g): what the copy out reads
-        self._operand = torch.empty_like(self.fc3_input)  # where the copy in writes
-        self.fc1_input = self.fc1_weight = self.fc2_weight = None
-        if gp is not None:
-            self.fc1_input = captured[0].contiguous()  # (N, C*P)
-            self.fc1_weight = gp.fc1.weight.detach().t().contiguous()  # (C*P, C*P/rho)
-            self.fc2_weight = gp.fc2.weight.detach().t().contiguous()  # (C*P/rho, C*P)
-
-    def __call__(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The products ``(FC2 of FC1, FC3)`` on the transposed weights; ``x`` is ignored."""
-        fc2 = None
-        if self.fc1_input is not None:
-            fc2 = torch.matmul(torch.matmul(self.fc1_input, self.fc1_weight), self.fc2_weight)
-        return fc2, torch.matmul(self.fc3_input, self.fc3_weight)
-
-    def as_stored(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The same products on the weights as stored, read transposed; ``x`` is ignored."""
-        fc2 = None
-        gp = self.block.global_perceptron
-        if self.fc1_input is not None:
-            fc2 = F.linear(F.linear(self.fc1_input, gp.fc1.weight), gp.fc2.weight)
-        return fc2, torch.bmm(self.fc3_input, self.fc3_weight_stored.transpose(1, 2))
-
-    def weight_left(self, x: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The same products transposed, stored weights on the left (``W @ X^T``); ``x`` is ignored."""
-        fc2 = None
-        gp = self.block.global_perceptron
-        if self.fc1_input is not None:
-            fc2 = torch.mm(gp.fc2.weight, torch.mm(gp.fc1.weight, self.fc1_input.t()))
-        return fc2, torch.bmm(self.fc3_weight_stored, self.fc3_input.transpose(1, 2))
-
-    def layouts(self) -> dict[str, Callable[[torch.Tensor | None], Any]]:
-        """``{layout name: the products in that layout}``, for :func:`interleaved_ms`."""
-        return {"transposed": self, "as stored": self.as_stored, "weight left": self.weight_left}
-
-    def copies(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The merged block's two copies alone, without products or global perceptron: ``x`` to FC3's
-        operand (:meth:`~repmlp_lite.block.RepMLPBlock.grouped_partitions`) and a product back to a
-        map (:meth:`~repmlp_lite.block.RepMLPBlock.ungrouped_output`). As in the merged forward,
-        the copy in writes into a buffer kept from call to call, the copy out into a new tensor,
-        and both are views for one image of one partition."""
-        return self.block.grouped_partitions(x, self._operand), self.block.ungrouped_output(self.fc3_product)
-
-    def block_output(self, fc3_product: torch.Tensor) -> torch.Tensor:
-        """The block's output ``(N, O, H, W)`` from the FC3 product: add the bias, undo the layout."""
-        b = self.block
-        out = fc3_product.transpose(0, 1).reshape(fc3_product.shape[1], -1) + b.fc3.bias.detach()
-        return unpartition(out.reshape(-1, b.out_channels, b.h, b.w), self.batch, b.H, b.W)
-
-    def flops(self) -> int:
-        """FLOPs of the three products, by hand: ``2 * rows * inner * columns`` each."""
-        g, m, k = self.fc3_input.shape
-        total = 2 * g * m * k * self.fc3_weight.shape[2]
-        if self.fc1_input is not None:
-            n, features = self.fc1_input.shape
-            total += 2 * 2 * n * features * self.fc1_weight.shape[1]  # FC1 and FC2: the same size
-        return total
-
-
-# ---- where the merged block's time and memory traffic go ---------------------------------------------
-
-_PRODUCTS = {torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm, torch.ops.aten.baddbmm}
-# ops that return their input's memory without being marked as views: ``reshape`` of a fresh copy
-_NOT_COPIES = _PRODUCTS | {torch.ops.aten._unsafe_view, torch.ops.aten.alias, torch.ops.aten.lift_fresh}
-
-
-class _WrittenBytes(TorchDispatchMode):
-    """Adds up the bytes written by every op that is neither a matrix product nor a view."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket not in _NOT_COPIES and not func.is_view:
-            self.bytes += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
-        return out
-
-
-@torch.no_grad()
-def copy_bytes(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
-    """Bytes per image that ``fn(x)`` writes outside its matrix products (``mm``, ``bmm``,
-    ``addmm``, ``baddbmm``) and views: the copies, the element-wise passes and their results.
-
-    ``fn`` is called once before counting (caches filled). A matrix product that adds a bias
-    writes it into its output first; that pass is the product's and not counted.
-    """
-    fn(x)
-    with _WrittenBytes() as counter:
-        fn(x)
-    return counter.bytes // x.shape[0]
-
-
-# op name (torch.profiler) -> what it does in the merged block's forward
-TIME_CATEGORIES = {
-    "aten::baddbmm": "FC3 product",
-    "aten::bmm": "FC3 product",
-    "aten::addmm": "FC1, FC2 products",
-    "aten::mm": "FC1, FC2 products",
-    "aten::index_select": "copies in and out",
-    "aten::copy_": "copies in and out",
-    "aten::cat": "copies in and out",
-    "aten::stack": "copies in and out",
-    "aten::mean": "pool, ReLU, add v",
-    "aten::sum": "pool, ReLU, add v",
-    "aten::div_": "pool, ReLU, add v",
-    "aten::relu": "pool, ReLU, add v",
-    "aten::add_": "pool, ReLU, add v",
-    "aten::add": "pool, ReLU, add v",
-}
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence the process's stderr (file descriptor 2): the profiler's C++ library (Kineto) writes
-    a line there when it starts and stops, which would land in every notebook output."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-@torch.no_grad()
-def time_breakdown(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, iters: int = 20) -> dict[str, float]:
-    """Where ``fn(x)``'s time goes, by ``torch.profiler``: ms per call for each category of
-    :data:`TIME_CATEGORIES`, ``"other"`` for every other op (views, allocations), and ``"total"``,
-    the median wall time of one profiled call.
-
-    An op's time is the median of the self CPU times of its ``iters`` calls with the same input
-    shapes, times the number of such calls per forward: on a shared machine a call that was
-    interrupted by another process is an outlier, and a median ignores it where a sum would not.
-
-    On a merged block the products are FC3 (``baddbmm``) and FC1, FC2 (``addmm``); the global
-    perceptron's other work is pooling, ReLU and the in-place add of its correction.
-    """
-    for _ in range(2):
-        fn(x)
-    walls = []
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(iters):
-            start = time.perf_counter()
-            fn(x)
-            walls.append(time.perf_counter() - start)
-    calls: dict[tuple[str, str], list[float]] = {}
-    for event in prof.events():
-        calls.setdefault((event.key, str(event.input_shapes)), []).append(event.self_cpu_time_total / 1e3)
-    ms: dict[str, float] = {name: 0.0 for name in dict.fromkeys(TIME_CATEGORIES.values())} | {"other": 0.0}
-    for (name, _), times in calls.items():
-        ms[TIME_CATEGORIES.get(name, "other")] += statistics.median(times) * len(times) / iters
-    ms["total"] = statistics.median(walls) * 1e3
-    return ms
-
+__all__ = [  # the sweeps and the CLI, and the primitives the chapters reach through ``bench``
+    "TIME_CATEGORIES", "BareMatmuls", "block_configs", "block_table", "bottleneck_configs", "bottleneck_table",
+    "copy_bytes", "count_flops", "count_parameters", "count_table", "deploy_table", "engine_table",
+    "format_table", "interleaved_ms", "latency_ms", "machine", "main", "measure_block", "measure_bottleneck",
+    "median_ms", "median_ratio", "net_vs_layers", "randomize_bn", "repmlpnet_count_table", "repmlpnet_table",
+    "time_breakdown", "write_csv",
+]
 
 # ---- counting only: parameters and FLOPs ------------------------------------------------------------
 
@@ -343,20 +105,6 @@ def count_table(
 
 
 # ---- the RepMLP block at the paper's settings ---------------------------------------------------
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters everywhere in ``model`` (as after training)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in model.modules():
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
-                n = bn.num_features
-                bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                bn.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-    return model
 
 
 def block_configs(quick: bool = False, max_fc3: int = 2**25) -> list[dict[str, int]]:
@@ -617,7 +365,7 @@ def deploy_table(quick: bool = False, device: str = "cpu", repeats: int = 3) -> 
             "what": "conv_to_fc",
             "C": channels,
             "fc_kernel_entries": (channels * 64) ** 2,
-            "ms": _once_ms(lambda: conv_to_fc(kernel, 8, 8), repeats),
+            "ms": _once_ms(lambda kernel=kernel: conv_to_fc(kernel, 8, 8), repeats),
         })
     for width in (8, 16) if quick else (8, 16, 32):
         model = randomize_bn(small_repmlp_resnet(width=width)).to(device)
@@ -628,7 +376,7 @@ def deploy_table(quick: bool = False, device: str = "cpu", repeats: int = 3) -> 
             "what": "deploy(small_repmlp_resnet)",
             "C": width,
             "fc_kernel_entries": entries,
-            "ms": _once_ms(lambda: deploy(model), repeats),
+            "ms": _once_ms(lambda model=model: deploy(model), repeats),
         })
     return rows
 
@@ -641,8 +389,6 @@ def engine_table(quick: bool = False, rounds: int = 3, min_run_time: float = 0.1
     form exported to ONNX and run by onnxruntime (CPU), against the conv ResNet of the same depth
     in both engines. ``vs_merged_torch``: latency over that of the merged net in PyTorch. CPU only.
     """
-    from .export import export_onnx, onnxruntime_fn  # onnx and onnxruntime only when needed
-
     torch.manual_seed(0)
     train = randomize_bn(small_repmlp_resnet(width=16)).eval()
     merged = deploy(train)
@@ -672,96 +418,6 @@ def engine_table(quick: bool = False, rounds: int = 3, min_run_time: float = 0.1
     return rows
 
 
-# ---- RepMLPNet (CVPR 2022) -----------------------------------------------------------------------
-
-
-def _with_fc3_impl(model: nn.Module, impl: str) -> nn.Module:
-    """A deep copy of ``model`` whose RepMLPNet blocks run FC3 as ``impl`` (``"matmul"`` or ``"conv"``)."""
-    copied = copy.deepcopy(model)
-    for block in copied.modules():
-        if isinstance(block, RepMLPNetBlock):
-            block.fc3_impl = impl
-    return copied
-
-
-def repmlpnet_table(
-    quick: bool = False, device: str = "cpu", rounds: int = 3, min_run_time: float = 0.1
-) -> list[dict[str, Any]]:
-    """RepMLPNet-B224 (random weights, random BN statistics): the training form against the deployed
-    form (Locality Injection and every BN folded), and the deployed net with FC3 as a grouped 1x1
-    conv (the authors' way) against FC3 as a batched matmul (ours); then FC3 alone, stage by stage.
-    Ratios are latency over latency, each the median of per-round ratios.
-    """
-    torch.manual_seed(0)
-    train_form = randomize_bn(create_model("repmlpnet_b224")).to(device).eval()
-    merged = deploy(train_form)
-    merged_conv = _with_fc3_impl(merged, "conv")
-    rows = []
-    for batch in (1,) if quick else (1, 8):
-        x = torch.randn(batch, 3, 224, 224, device=device)
-        fns = {"train": train_form, "deployed": merged, "deployed_conv": merged_conv}
-        times = interleaved_ms(fns, x, rounds, min_run_time)
-        ms = median_ms(times)
-        rows.append({
-            "table": "repmlpnet",
-            "what": "RepMLPNet-B224",
-            "batch": batch,
-            "deployed/train": median_ratio(times, "deployed", "train"),
-            "conv/matmul": median_ratio(times, "deployed_conv", "deployed"),
-            "train_ms": ms["train"],
-            "deployed_ms": ms["deployed"],
-            "conv_ms": ms["deployed_conv"],
-            "params_train": count_parameters(train_form),
-            "params_deployed": count_parameters(merged),
-        })
-    blocks = [m for m in merged.modules() if isinstance(m, RepMLPNetBlock)]
-    firsts = [b for i, b in enumerate(blocks) if i == 0 or b.h != blocks[i - 1].h]  # one block per stage
-    for block in firsts:
-        hw = block.h * block.w
-        x = torch.randn(8 * block.channels // block.sets, block.sets * hw, device=device)  # batch 8, one partition
-        fns = {
-            "matmul": lambda v, b=block: fc3_forward(v, b.fc3_weight, b.fc3_bias, b.sets, "matmul"),
-            "conv": lambda v, b=block: fc3_forward(v, b.fc3_weight, b.fc3_bias, b.sets, "conv"),
-        }
-        times = interleaved_ms(fns, x, rounds, min_run_time)
-        ms = median_ms(times)
-        rows.append({
-            "table": "repmlpnet",
-            "what": f"FC3 h={block.h} S={block.sets} C={block.channels}",
-            "batch": 8,
-            "conv/matmul": median_ratio(times, "conv", "matmul"),
-            "deployed_ms": ms["matmul"],
-            "conv_ms": ms["conv"],
-        })
-    return rows
-
-
-# The authors' README (DingXiaoH/RepMLP): parameters (M, training form) and FLOPs (G multiply-adds).
-REPMLPNET_README = {
-    "repmlpnet_t224": (38.3, 2.8), "repmlpnet_b224": (68.2, 6.7), "repmlpnet_t256": (58.7, 4.2),
-    "repmlpnet_b256": (96.5, 9.6), "repmlpnet_d256": (86.9, 8.6), "repmlpnet_l256": (117.7, 11.5),
-}
-
-
-def repmlpnet_count_table() -> list[dict[str, Any]]:
-    """The six zoo RepMLPNets counted on the meta device (no memory, no arithmetic): parameters of the
-    training form and multiply-adds of the deployed form at batch 1, next to the README's figures;
-    ``*_match``: ours, rounded to the README's one decimal, prints the same."""
-    rows = []
-    for name, (params_m, gmacs) in REPMLPNET_README.items():
-        resolution = int(name[-3:])
-        with torch.device("meta"):
-            model = create_model(name)
-            params = count_parameters(model)
-            macs = count_flops(deploy(model), torch.empty(1, 3, resolution, resolution)) // 2
-        rows.append({
-            "model": name, "params_M": params / 1e6, "readme_params_M": params_m,
-            "params_match": f"{params / 1e6:.1f}" == f"{params_m:.1f}",
-            "GMACs": macs / 1e9, "readme_GMACs": gmacs, "macs_match": f"{macs / 1e9:.1f}" == f"{gmacs:.1f}",
-        })
-    return rows
-
-
 # ---- the command line ------------------------------------------------------------------------------
 
 # Columns printed per table (all columns go to the CSV): ratios first, then the times behind them.
@@ -777,18 +433,6 @@ COLUMNS = {
     "paper": ["net", "baseline", "batch", "measured", "paper", "net_ms", "baseline_ms", "target", "met"],
     "profile": ["op", "calls", "self_ms", "share"],
 }
-
-
-def machine() -> str:
-    """One line: CPU model, threads, torch version (and the GPU when there is one)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
 
 
 def _cell(value: Any) -> str:
@@ -876,8 +520,6 @@ def paper_main(
 ) -> list[dict[str, Any]]:
     """``--paper``: :func:`repmlp_lite.paper_speed.speed_table` at batch 1 and 8 (``quick``: 8 only),
     then a profile of the deployed RepMLP-Res50 and Light nets at batch 8 where a target was missed."""
-    from . import paper_speed  # builds the full-size zoo nets: only when asked for
-
     nets = paper_speed.deployed_nets()
     print(f"# {machine()}; {threads} threads; {rounds} rounds x {min_run_time} s per timing")
     rows = paper_speed.speed_table((8,) if quick else (1, 8), rounds, min_run_time, threads, nets)

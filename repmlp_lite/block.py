@@ -15,25 +15,22 @@ Inference form (:meth:`RepMLPBlock.switch_to_deploy`): the global perceptron's B
 into FC1, and FC3+BN plus every conv+BN branch become one FC3 kernel and bias
 (:mod:`repmlp_lite.fusion`, :mod:`repmlp_lite.conv_as_fc`). The outputs do not change.
 
-The merged form has its own forward (:meth:`RepMLPBlock.merged_forward`), written for speed: one
-copy from ``(N, C, H, W)`` straight into the grouped matmul's operand ``(g, N*P, C/g*h*w)``, the
-global perceptron's correction added to that operand in place, one batched matmul that adds
-FC3's bias, and one copy back to ``(N, O, H, W)``; with one partition per image there is no copy
-in, and without autograd the intermediates are written into buffers reused from call to call. The
-training form keeps the readable ``partition -> FCs -> unpartition`` of the paper's figure.
+The merged form has its own forward, written for speed (:mod:`repmlp_lite.fast_forward`, where
+the measurements behind it are); the training form keeps the readable ``partition -> FCs ->
+unpartition`` of the paper's figure (:meth:`RepMLPBlock.reference_forward`), which is also the
+reference the fast forward is checked and timed against.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast_forward
 from ._checks import check_4d, check_divisible, check_odd_kernel, check_positive
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
 from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
@@ -55,78 +52,6 @@ def unpartition(parts: torch.Tensor, n: int, height: int, width: int) -> torch.T
     _, o, h, w = parts.shape
     parts = parts.reshape(n, height // h, width // w, o, h, w)
     return parts.permute(0, 3, 1, 4, 2, 5).reshape(n, o, height, width)
-
-
-def _row_order(sizes: tuple[int, ...], dims: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``arange`` over a tensor of ``sizes``, permuted by ``dims`` and flattened: ``(prod(sizes),)`` int64.
-
-    Gathering rows with it (``index_select``) is the copy ``t.view(sizes).permute(dims)`` made
-    contiguous, for a tensor ``t`` whose last dimension (not in ``sizes``) is kept whole.
-    """
-    return torch.arange(math.prod(sizes), device=device).view(sizes).permute(dims).reshape(-1)
-
-
-_cached_row_order = functools.lru_cache(maxsize=32)(_row_order)
-
-
-WEIGHT_LEFT_BYTES = 16 * 2**20
-"""From this size on, the merged FC3 of one image of one partition runs as ``W @ x`` (weight on the left).
-
-A weight that does not stay in the CPU's cache between calls is read from memory each time, and
-MKL's matrix-vector product reads it fastest with the weight on the left, row by row as stored:
-0.57x to 0.8x the time of ``x @ W^T`` for 20 to 128 MiB weights with groups, the same time with
-``g = 1`` (one thread, AMD EPYC, 32 MiB L3); for 5 to 10 MiB weights, which stay in the cache, it
-took 1.1x to 1.3x. ``python -m repmlp_lite.bench`` times both forms (layouts ``"weight left"`` and
-``"as stored"``).
-"""
-
-
-def _tracing() -> bool:
-    """Whether a tracer, compiler or exporter runs the forward (where the batch size may be symbolic)."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
-class _Workspace(threading.local):
-    """Buffers for the merged forward's two intermediates (FC3's operand and product), one set per
-    thread, reused from call to call and shared by all merged blocks (each is done with them when
-    its forward returns).
-
-    Why: glibc's ``malloc`` hands large freed blocks back to the system, so a forward that
-    allocated its intermediates afresh paid a page fault on every 4 KiB of them, every call; for
-    a 6 MiB operand (batch 32, C = 64, 28x28, g = 8) that made the block 1.6x as slow. CPU only:
-    PyTorch's CUDA allocator already keeps its memory. A buffer grows to the largest need seen and
-    is kept while its thread lives (two operand-sized tensors per thread and dtype).
-    """
-
-    def __init__(self) -> None:
-        self.buffers: dict[tuple, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """A buffer of ``shape`` with ``like``'s dtype and device; its contents are garbage."""
-        key = (name, like.dtype, like.device, torch.is_inference_mode_enabled())
-        numel = math.prod(shape)
-        buffer = self.buffers.get(key)
-        if buffer is None or buffer.numel() < numel:
-            buffer = self.buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return buffer[:numel].view(shape)
-
-
-_workspace = _Workspace()
-
-
-def _gather_rows(
-    t: torch.Tensor, w: int, sizes: tuple[int, ...], dims: tuple[int, ...], out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``t`` as rows of ``w`` contiguous numbers, ``(prod(sizes), w)``, reordered as ``view(sizes).permute(dims)``.
-
-    One copy. A row is ``w`` numbers contiguous in both layouts, so ``index_select`` moves it in
-    one piece; PyTorch's strided copy of the same permute runs an inner loop only ``w`` long and
-    was 1x to 4x slower in the settings measured while writing this. The index depends on shapes
-    only and is cached, except while tracing or exporting (:func:`_tracing`). ``out``: write there
-    (``(prod(sizes), w)``, contiguous) instead of a new tensor.
-    """
-    order = (_row_order if _tracing() else _cached_row_order)(sizes, dims, t.device)
-    return torch.index_select(t.reshape(-1, w), 0, order, out=out)
 
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
@@ -318,89 +243,27 @@ class RepMLPBlock(nn.Module):
         out = out.reshape(-1, self.out_channels, self.h, self.w)
         return unpartition(out, n, self.H, self.W)
 
-    def grouped_partitions(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The partitions of ``x`` by group: ``(N, C, H, W) -> (g, N*P, C/g, h*w)`` (``P = H/h * W/w``;
-        rows ordered image, partition row, partition column).
-
-        One copy (:func:`_gather_rows`), into ``out`` when given (any contiguous tensor of as many
-        elements). With one partition per image (``P = 1``) there is nothing to rearrange: a view
-        of ``x``, strided over the groups, and ``out`` is not used.
-        """
-        n, c = x.shape[:2]
-        g, hp, wp = self.groups, self.H // self.h, self.W // self.w
-        if hp * wp == 1:
-            return x.reshape(n, g, c // g, -1).transpose(0, 1)
-        # x as rows of w numbers: (N, g, C/g, H/h, h, W/w) -> (g, N, H/h, W/w, C/g, h)
-        rows = _gather_rows(x, self.w, (n, g, c // g, hp, self.h, wp), (1, 0, 3, 5, 2, 4),
-                            None if out is None else out.view(-1, self.w))
-        return rows.view(g, n * hp * wp, c // g, self.h * self.w)
-
-    def grouped_input(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The merged FC3's operand: ``(N, C, H, W) -> (g, N*P, C/g*h*w)``, with the global perceptron's
-        correction already added. The same operand as in :meth:`reference_forward`, in the layout
-        of :meth:`merged_forward`.
-
-        :meth:`grouped_partitions` (one copy of ``x``, into ``out`` when given), then the correction
-        ``v`` (one value per channel and partition) added in place: FC3 sees ``x + v``, as in the
-        training form.
-        """
-        n, c = x.shape[:2]
-        g, hp, wp = self.groups, self.H // self.h, self.W // self.w
-        parts = self.grouped_partitions(x, out)
-        if self.global_perceptron is not None:  # built only when P > 1: parts is a copy, not x
-            pooled = parts.mean(-1).view(g, n, hp, wp, c // g).permute(1, 0, 4, 2, 3)  # (N, g, C/g, H/h, W/w)
-            v = self.global_perceptron.from_pooled(pooled.reshape(n, c, hp, wp))
-            parts += v.view(n, g, c // g, hp * wp).permute(1, 0, 3, 2).reshape(g, -1, c // g, 1)
-        return parts.flatten(2)
-
-    def ungrouped_output(self, out: torch.Tensor) -> torch.Tensor:
-        """The merged FC3's product back to a map: ``(g, N*P, O/g*h*w) -> (N, O, H, W)``.
-
-        One copy (:func:`_gather_rows`); with ``P = 1`` only the groups move (a view when ``g = 1``).
-        """
-        g, o, hp, wp = self.groups, self.out_channels, self.H // self.h, self.W // self.w
-        n = out.shape[1] // (hp * wp)
-        if hp * wp == 1:
-            return out.transpose(0, 1).contiguous().view(n, o, self.H, self.W)
-        # (g, N, H/h, W/w, O/g, h) rows of w numbers -> (N, g, O/g, H/h, h, W/w) = (N, O, H, W)
-        rows = _gather_rows(out, self.w, (g, n, hp, wp, o // g, self.h), (1, 0, 4, 2, 5, 3))
-        return rows.view(n, o, self.H, self.W)
+    def grouped_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The merged FC3's operand: ``(N, C, H, W) -> (g, N*P, C/g*h*w)`` (``P = H/h * W/w``), with the
+        global perceptron's correction already added (:func:`repmlp_lite.fast_forward.grouped_input`):
+        the operand of :meth:`reference_forward`, in the layout of :meth:`merged_forward`."""
+        gp = self.global_perceptron
+        return fast_forward.grouped_input(x, self.groups, self.h, self.w, None if gp is None else gp.from_pooled)
 
     def merged_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The merged block's forward (what :meth:`forward` runs once merged): ``(N, C, H, W) -> (N, O, H, W)``.
 
-        :meth:`grouped_input` (one copy in), FC3 as one ``baddbmm`` over the groups on the weight
-        as stored ``(g, O/g*h*w, C/g*h*w)`` (read transposed, no copy) with the bias added by the
-        matmul, and :meth:`ungrouped_output` (one copy out); both copies are views for one image
-        of one partition. That case is a matrix-vector product per group, and a weight of at least
-        :data:`WEIGHT_LEFT_BYTES` goes on the left there, ``W @ x``, read row by row as stored.
-
-        On the CPU, without autograd (``torch.no_grad``, ``torch.inference_mode``) and with more
-        than one partition, the operand and the product are written into buffers kept from call to
-        call (:class:`_Workspace`); the output is always a new tensor.
+        One FC3 on the partitions plus the global perceptron's correction, with as few copies as
+        can be (:func:`repmlp_lite.fast_forward.merged_forward`); the same output as
+        :meth:`reference_forward` on the merged block.
         """
         if not self.deployed:
             raise ValueError("merged_forward needs the merged block: call switch_to_deploy() first")
         self._check_input(x)
-        g, o = self.groups, self.out_channels
-        n, parts = x.shape[0], (self.H // self.h) * (self.W // self.w)
-        weight = self.fc3.weight.view(g, -1, self.fc3.weight.shape[1])  # (g, O/g*h*w, C/g*h*w)
-        big = weight.numel() * weight.element_size() >= WEIGHT_LEFT_BYTES
-        # (tracing before the batch size: comparing a symbolic one to 1 would fix it at 1)
-        if big and not _tracing() and n * parts == 1:
-            # x as (g, C/g*h*w, 1) by transposing rows (g, 1, C/g*h*w): the strides MKL takes for a
-            # column (a plain reshape's were 10x slower in places)
-            column = x.reshape(g, 1, -1).transpose(1, 2)
-            out = torch.baddbmm(self.fc3.bias.view(g, -1, 1), weight, column)  # (g, O/g*h*w, 1)
-            return out.view(1, o, self.H, self.W)
-        operand = product = None
-        # not with one partition: ungrouped_output may then return the product itself as the output
-        if parts > 1 and x.device.type == "cpu" and not torch.is_grad_enabled() and not _tracing():
-            operand = _workspace.get("operand", (g, n * parts, weight.shape[2]), x)
-            product = _workspace.get("product", (g, n * parts, weight.shape[1]), x)
-        operand = self.grouped_input(x, operand)
-        out = torch.baddbmm(self.fc3.bias.view(g, 1, -1), operand, weight.transpose(1, 2), out=product)
-        return self.ungrouped_output(out)
+        gp = self.global_perceptron
+        return fast_forward.merged_forward(
+            x, self.fc3.weight, self.fc3.bias, self.groups, self.h, self.w, None if gp is None else gp.from_pooled
+        )
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_4d("input", x)

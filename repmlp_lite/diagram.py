@@ -27,7 +27,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle
 from ._checks import check_divisible, check_positive
 from .block import RepMLPBlock, partition
 from .repmlpnet import RepMLPNetBlock
-from .viz import COLUMN_WIDTH_IN
+from .style import COLUMN_WIDTH_IN
 
 FONT_SIZE = 9.0
 BOX_PAD_PT = 4.0  # padding between a box's text and its border, in points
@@ -225,7 +225,7 @@ def block_diagram(block: RepMLPBlock) -> Figure:
     FC1's hidden size, the conv kernel sizes). ``N`` is the batch size.
 
     Raises:
-        ValueError: if ``block`` is already merged (its conv branches, needed for the left panel, are gone).
+        ValueError: if ``block`` is already merged (its conv branches, needed for the training-time panel, are gone).
     """
     if block.deployed:
         raise ValueError("draw the block before switch_to_deploy(): the merged block has no conv branches left")

@@ -26,9 +26,9 @@ import onnxruntime
 import torch
 from torch import nn
 
-from .bench import randomize_bn
 from .block import RepMLPBlock
 from .deploy import deploy
+from .measure import randomize_bn
 from .nets import small_repmlp_resnet
 
 _BLOCK_CLASS = f"{RepMLPBlock.__module__}.{RepMLPBlock.__qualname__}"  # "repmlp_lite.block.RepMLPBlock"

@@ -8,10 +8,8 @@ authors' v1 RepMLP-ResNets is in :mod:`repmlp_lite.official_resnets`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn

@@ -1,4 +1,4 @@
-"""The paper's speed claims, measured here: deployed zoo nets against ResNet-50/101 at 224x224.
+"""The zoo nets at full size, timed and counted: the paper's speed claims and RepMLPNet-B224.
 
 The RepMLP paper (Tables 4 and 7) reports throughput on a GTX 1080Ti at batch 128: RepMLP-Res50 636
 examples/s, its Light variant 1074, ResNet-50 689, ResNet-101 421. So it claims the Light net runs at
@@ -7,25 +7,39 @@ examples/s, its Light variant 1074, ResNet-50 689, ResNet-101 421. So it claims 
 interleaved round by round, and gives each throughput ratio as the median of the per-round ratios
 beside the paper's. :func:`profile_table` says where a net spends its time (``torch.profiler``).
 ``python -m repmlp_lite.bench --paper`` prints both.
+
+RepMLPNet (CVPR 2022): :func:`repmlpnet_table` times RepMLPNet-B224's training and deployed forms and
+FC3 as a conv against FC3 as a matmul (``python -m repmlp_lite.bench --repmlpnet``);
+:func:`repmlpnet_count_table` counts the six zoo RepMLPNets against the authors' README.
+The published figures themselves are in :mod:`repmlp_lite.tables`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import copy
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .bench import interleaved_ms, median_ms, median_ratio, quiet_stderr, randomize_bn
 from .deploy import deploy
+from .measure import (
+    count_flops,
+    count_parameters,
+    interleaved_ms,
+    median_ms,
+    median_ratio,
+    quiet_stderr,
+    randomize_bn,
+    torch_threads,
+)
+from .repmlpnet import RepMLPNetBlock, fc3_forward
+from .tables import PAPER_THROUGHPUT, REPMLPNET_README
 from .zoo import create_model
 
-# examples/s on one GTX 1080Ti, batch 128 (paper, Tables 4 and 7)
-PAPER_THROUGHPUT = {
-    "resnet50_224": 689, "resnet101_224": 421, "repmlp_res50_224": 636, "repmlp_res50_light_224": 1074,
-}
+# the nets the claims compare, in the order they are timed
+NETS = ("resnet50_224", "resnet101_224", "repmlp_res50_224", "repmlp_res50_light_224")
 # (net, baseline, the target this project set for its throughput ratio on a CPU at batch 8)
 CLAIMS: tuple[tuple[str, str, float], ...] = (
     ("repmlp_res50_light_224", "resnet50_224", 1.10),
@@ -34,19 +48,7 @@ CLAIMS: tuple[tuple[str, str, float], ...] = (
 )
 
 
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the body with ``threads`` intra-op threads (``None``: unchanged), then restore the count."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def deployed_nets(names: Sequence[str] = tuple(PAPER_THROUGHPUT), seed: int = 0) -> dict[str, nn.Module]:
+def deployed_nets(names: Sequence[str] = NETS, seed: int = 0) -> dict[str, nn.Module]:
     """The zoo nets ``names`` with random weights and BN statistics, deployed (eval mode)."""
     nets = {}
     for name in names:
@@ -112,3 +114,86 @@ def profile_table(net: nn.Module, batch: int = 8, top: int = 8, threads: int | N
         {"op": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total}
         for e in ranked
     ]
+
+
+# ---- RepMLPNet (CVPR 2022) -----------------------------------------------------------------------
+
+
+def _with_fc3_impl(model: nn.Module, impl: str) -> nn.Module:
+    """A deep copy of ``model`` whose RepMLPNet blocks run FC3 as ``impl`` (``"matmul"`` or ``"conv"``)."""
+    copied = copy.deepcopy(model)
+    for block in copied.modules():
+        if isinstance(block, RepMLPNetBlock):
+            block.fc3_impl = impl
+    return copied
+
+
+def repmlpnet_table(
+    quick: bool = False, device: str = "cpu", rounds: int = 3, min_run_time: float = 0.1
+) -> list[dict[str, Any]]:
+    """RepMLPNet-B224 (random weights, random BN statistics): the training form against the deployed
+    form (Locality Injection and every BN folded), and the deployed net with FC3 as a grouped 1x1
+    conv (the authors' way) against FC3 as a batched matmul (ours); then FC3 alone, stage by stage.
+    Ratios are latency over latency, each the median of per-round ratios.
+    """
+    torch.manual_seed(0)
+    train_form = randomize_bn(create_model("repmlpnet_b224")).to(device).eval()
+    merged = deploy(train_form)
+    merged_conv = _with_fc3_impl(merged, "conv")
+    rows = []
+    for batch in (1,) if quick else (1, 8):
+        x = torch.randn(batch, 3, 224, 224, device=device)
+        fns = {"train": train_form, "deployed": merged, "deployed_conv": merged_conv}
+        times = interleaved_ms(fns, x, rounds, min_run_time)
+        ms = median_ms(times)
+        rows.append({
+            "table": "repmlpnet",
+            "what": "RepMLPNet-B224",
+            "batch": batch,
+            "deployed/train": median_ratio(times, "deployed", "train"),
+            "conv/matmul": median_ratio(times, "deployed_conv", "deployed"),
+            "train_ms": ms["train"],
+            "deployed_ms": ms["deployed"],
+            "conv_ms": ms["deployed_conv"],
+            "params_train": count_parameters(train_form),
+            "params_deployed": count_parameters(merged),
+        })
+    blocks = [m for m in merged.modules() if isinstance(m, RepMLPNetBlock)]
+    firsts = [b for i, b in enumerate(blocks) if i == 0 or b.h != blocks[i - 1].h]  # one block per stage
+    for block in firsts:
+        hw = block.h * block.w
+        x = torch.randn(8 * block.channels // block.sets, block.sets * hw, device=device)  # batch 8, one partition
+        fns = {
+            "matmul": lambda v, b=block: fc3_forward(v, b.fc3_weight, b.fc3_bias, b.sets, "matmul"),
+            "conv": lambda v, b=block: fc3_forward(v, b.fc3_weight, b.fc3_bias, b.sets, "conv"),
+        }
+        times = interleaved_ms(fns, x, rounds, min_run_time)
+        ms = median_ms(times)
+        rows.append({
+            "table": "repmlpnet",
+            "what": f"FC3 h={block.h} S={block.sets} C={block.channels}",
+            "batch": 8,
+            "conv/matmul": median_ratio(times, "conv", "matmul"),
+            "deployed_ms": ms["matmul"],
+            "conv_ms": ms["conv"],
+        })
+    return rows
+
+
+def repmlpnet_count_table() -> list[dict[str, Any]]:
+    """The six zoo RepMLPNets counted on the meta device (no memory, no arithmetic): parameters of the
+    training form and multiply-adds of the deployed form at batch 1, next to the README's figures;
+    ``*_match``: ours, rounded to the README's one decimal, prints the same."""
+    rows = []
+    for name, (params_m, gmacs) in REPMLPNET_README.items():
+        resolution = int(name[-3:])
+        with torch.device("meta"):
+            model = create_model(name)
+            params = count_parameters(model)
+            macs = count_flops(deploy(model), torch.empty(1, 3, resolution, resolution)) // 2
+        rows.append({
+            "model": name, "params_M": params / 1e6, "readme_params_M": params_m,
+            "params_match": f"{params / 1e6:.1f}" == f"{params_m:.1f}",
+            "GMACs": macs / 1e9, "readme_GMACs": gmacs, "macs_match": f"{macs / 1e9:.1f}" == f"{gmacs:.1f}",
+        })
+    return rows

@@ -338,16 +338,40 @@ def repmlpnet(arch: str, resolution: int, num_classes: int = 1000, **kwargs: obj
     return RepMLPNet(**ARCHS[arch], hs=sizes, ws=sizes, num_classes=num_classes, **kwargs)  # type: ignore[arg-type]
 
 
-def _register(name: str, arch: str, resolution: int) -> None:
-    def build(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
-        return repmlpnet(arch, resolution, num_classes, **kwargs)
-
-    build.__doc__ = f"RepMLPNet-{arch.upper()}{resolution} (authors' README: its ImageNet row)."
-    register_model(name)(build)
+@register_model("repmlpnet_t224")
+def repmlpnet_t224(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+    """RepMLPNet-T224 (authors' README: its ImageNet row)."""
+    return repmlpnet("t", 224, num_classes, **kwargs)
 
 
-for _arch, _res in [("t", 224), ("t", 256), ("b", 224), ("b", 256), ("d", 256), ("l", 256)]:
-    _register(f"repmlpnet_{_arch}{_res}", _arch, _res)
+@register_model("repmlpnet_t256")
+def repmlpnet_t256(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+    """RepMLPNet-T256 (authors' README: its ImageNet row)."""
+    return repmlpnet("t", 256, num_classes, **kwargs)
+
+
+@register_model("repmlpnet_b224")
+def repmlpnet_b224(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+    """RepMLPNet-B224 (authors' README: its ImageNet row)."""
+    return repmlpnet("b", 224, num_classes, **kwargs)
+
+
+@register_model("repmlpnet_b256")
+def repmlpnet_b256(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+    """RepMLPNet-B256 (authors' README: its ImageNet row)."""
+    return repmlpnet("b", 256, num_classes, **kwargs)
+
+
+@register_model("repmlpnet_d256")
+def repmlpnet_d256(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+    """RepMLPNet-D256 (authors' README: its ImageNet row)."""
+    return repmlpnet("d", 256, num_classes, **kwargs)
+
+
+@register_model("repmlpnet_l256")
+def repmlpnet_l256(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+    """RepMLPNet-L256 (authors' README: its ImageNet row)."""
+    return repmlpnet("l", 256, num_classes, **kwargs)
 
 
 @register_model("small_repmlpnet")

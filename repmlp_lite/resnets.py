@@ -60,6 +60,7 @@ def _per_stage(name: str, value: int | Mapping[str, int], stages: Sequence[str])
     return {s: value for s in stages}
 
 
+@register_model("repmlp_resnet")
 def repmlp_resnet(
     num_classes: int = 1000,
     depth: int = 50,
@@ -82,7 +83,9 @@ def repmlp_resnet(
             divisible by it.
         reparam_conv_k, fc1_fc2_reduction: of every RepMLP block.
 
-    With no ``repmlp_stages`` it is the plain ResNet.
+    With no ``repmlp_stages`` it is the plain ResNet. In the zoo as ``"repmlp_resnet"``, the keyword
+    builder of Tables 2 and 3, e.g. Table 2's r = 8, g = 8 in c4:
+    ``create_model("repmlp_resnet", repmlp_stages=("c4",), r=8)``.
     """
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth!r}")
@@ -182,12 +185,3 @@ def repmlp_res50_light_224(num_classes: int = 1000, groups: int = 8) -> RepMLPRe
     (``create_RepMLPRes50_Light_224``) uses ``groups=4``, a different network.
     """
     return repmlp_resnet(num_classes, 50, 224, _C3C4, block="light", groups=groups, h=7)
-
-
-@register_model("repmlp_resnet")
-def repmlp_resnet_ablation(num_classes: int = 1000, **kwargs) -> RepMLPResNet:
-    """The keyword builder of Tables 2 and 3: :func:`repmlp_resnet` with any stages, ``r`` and ``g``.
-
-    Example (Table 2, r = 8, g = 8 in c4): ``create_model("repmlp_resnet", repmlp_stages=("c4",), r=8)``.
-    """
-    return repmlp_resnet(num_classes, **kwargs)

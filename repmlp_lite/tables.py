@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .bench import count_flops, count_parameters
 from .deploy import deploy
+from .measure import count_flops, count_parameters
 from .zoo import create_model
 
 
@@ -81,6 +81,15 @@ ROWS: tuple[PaperRow, ...] = (
     PaperRow("7", "RepMLP bottleneck", "repmlp_res50_224", 224, "40.87", "3890", 78.55, 636),
     PaperRow("7", "RepMLP Light", "repmlp_res50_light_224", 224, "57.86", "2919", 77.14, 1074),
 )
+
+# examples/s on one GTX 1080Ti, batch 128 (paper, Tables 2, 4 and 7), by zoo name
+PAPER_THROUGHPUT: dict[str, int] = {row.model: row.speed for row in ROWS if row.speed is not None and not row.kwargs}
+
+# The authors' README (DingXiaoH/RepMLP): parameters (M, training form) and FLOPs (G multiply-adds).
+REPMLPNET_README = {
+    "repmlpnet_t224": (38.3, 2.8), "repmlpnet_b224": (68.2, 6.7), "repmlpnet_t256": (58.7, 4.2),
+    "repmlpnet_b256": (96.5, 9.6), "repmlpnet_d256": (86.9, 8.6), "repmlpnet_l256": (117.7, 11.5),
+}
 
 
 def truncated(value: float, like: str) -> str:

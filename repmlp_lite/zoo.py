@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from .deploy import deploy as to_inference_form
+
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
 
@@ -45,7 +47,5 @@ def create_model(name: str, num_classes: int | None = None, deploy: bool = False
         kwargs["num_classes"] = num_classes
     model = _REGISTRY[name](**kwargs)
     if deploy:
-        from .deploy import deploy as to_inference_form
-
         model = to_inference_form(model)
     return model

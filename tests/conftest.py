@@ -16,9 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from book_fixtures import built_book, chromium, server  # noqa: F401  (registered as fixtures here)
+from torch import nn
 
 
 def _train_steps(

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from repmlp_lite.bench import count_flops, count_parameters, latency_ms
 from repmlp_lite.block import RepMLPBlock
 from repmlp_lite.deploy import deploy
+from repmlp_lite.measure import count_flops, count_parameters, latency_ms
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

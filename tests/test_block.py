@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repmlp_lite import block as block_module
+from repmlp_lite import fast_forward
 from repmlp_lite.block import GlobalPerceptron, GroupedFC, RepMLPBlock, partition, unpartition
 from repmlp_lite.conv_as_fc import fc_forward
 from repmlp_lite.deploy import check_equivalence, deploy
@@ -387,7 +387,7 @@ def test_one_image_of_one_partition_with_the_weight_on_the_left(train_steps, ran
     baddbmm = torch.baddbmm
     monkeypatch.setattr(torch, "baddbmm", lambda *args, **kw: left_operands.append(args[1]) or baddbmm(*args, **kw))
     for threshold, weight_left in [(10**12, False), (0, True)]:
-        monkeypatch.setattr(block_module, "WEIGHT_LEFT_BYTES", threshold)
+        monkeypatch.setattr(fast_forward, "WEIGHT_LEFT_BYTES", threshold)
         with torch.no_grad():
             fast = merged(x)
             expected = block(x)
@@ -408,7 +408,7 @@ def test_merged_forward_reuses_its_buffers_but_never_its_output():
             outs = [small(xs[0]), small(xs[1]), large(xs[2]), small(xs[0])]
         for out, want in zip(outs, expected + expected[:1]):
             assert _rel(out, want) < 1e-12  # no output was overwritten by a later call
-    buffers = block_module._workspace.buffers
+    buffers = fast_forward.workspace.buffers
     assert {key[0] for key in buffers} == {"operand", "product"}
     assert all(out.data_ptr() != b.data_ptr() for b in buffers.values() for out in outs)
 
@@ -433,7 +433,7 @@ def test_merged_forward_in_threads_at_once():
 def test_merged_forward_traces_with_another_batch_size(monkeypatch, size, traced_batch):
     """The copy's index is cached by shape, and one image of one partition (4x4 maps, batch 1) takes
     the matrix-vector path, but neither while tracing: a traced block takes any batch."""
-    monkeypatch.setattr(block_module, "WEIGHT_LEFT_BYTES", 0)
+    monkeypatch.setattr(fast_forward, "WEIGHT_LEFT_BYTES", 0)
     merged = deploy(RepMLPBlock(4, 4, size, size, 4, 4, groups=2)).double()
     traced = torch.jit.trace(merged, torch.randn(traced_batch, 4, size, size, dtype=torch.float64))
     x = torch.randn(5, 4, size, size, dtype=torch.float64)

@@ -14,9 +14,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
-from bs4 import BeautifulSoup
-
 from book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, REPO, build_book, page_path
+from bs4 import BeautifulSoup
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"

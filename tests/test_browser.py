@@ -32,7 +32,6 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-
 from book_fixtures import CHAPTERS, COLAB_PREFIX, LOCAL_HOST, PAGES, SCREENSHOT_DIR, page_path
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"

@@ -300,7 +300,7 @@ def test_block_diagram_fits_the_column_and_names_every_branch():
 
     matplotlib.use("Agg")
     from repmlp_lite.diagram import repmlpnet_block_diagram
-    from repmlp_lite.viz import COLUMN_WIDTH_IN
+    from repmlp_lite.style import COLUMN_WIDTH_IN
 
     block = RepMLPNetBlock(32, 8, 8, 4, (1, 3))
     fig = repmlpnet_block_diagram(block, 16, 16)

@@ -1,10 +1,10 @@
 """Controls that move in the static HTML book, with no kernel: chapter 2's kernel explorer, chapter 4's partitions.
 
-The explorers (:func:`repmlp_lite.viz.static_kernel_explorer`, :func:`~repmlp_lite.viz.static_partition_explorer`)
+The explorers (:func:`repmlp_lite.static_widgets.static_kernel_explorer`, :func:`~repmlp_lite.static_widgets.static_partition_explorer`)
 draw every picture when the chapter runs and switch between them with ``jslink`` ed toggle buttons. Checked here:
 
 * in Python: following the links from each control to its stacks reaches, for every setting, the picture
-  :func:`~repmlp_lite.viz.explorer_png` / :func:`~repmlp_lite.viz.partition_png` draws for it (or the
+  :func:`~repmlp_lite.static_widgets.explorer_png` / :func:`~repmlp_lite.static_widgets.partition_png` draws for it (or the
   package's error message), and the PNGs are deterministic and no wider than the book's column;
 * in the built page (Chromium, driven by Playwright, served on 127.0.0.1 only): clicking through every
   value of every control of chapter 2 changes the shown picture to the very bytes the package draws for
@@ -29,16 +29,14 @@ import matplotlib
 matplotlib.use("Agg")
 
 import ipywidgets as widgets  # noqa: E402
+from book_fixtures import LOCAL_HOST, SCREENSHOT_DIR, page_path  # noqa: E402
+from ipywidgets.widgets.widget import _instances as widget_registry  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
-from ipywidgets.widgets.widget import _instances as widget_registry  # noqa: E402
-
-from repmlp_lite import viz  # noqa: E402
-
-from book_fixtures import LOCAL_HOST, SCREENSHOT_DIR, page_path  # noqa: E402
+from repmlp_lite import static_widgets, style  # noqa: E402
 
 TIMEOUT_MS = 60_000
-COLUMN_PX = int(viz.COLUMN_WIDTH_IN * viz.FIGURE_DPI)
+COLUMN_PX = int(style.COLUMN_WIDTH_IN * style.FIGURE_DPI)
 
 
 def sha(data: bytes) -> str:
@@ -105,7 +103,7 @@ def _check_tree(box, choices, draw, prefix):
             continue
         image = leaf.children[1]
         assert isinstance(image, widgets.Image)
-        assert viz.setting_class(prefix, setting) in image._dom_classes
+        assert static_widgets.setting_class(prefix, setting) in image._dom_classes
         assert image.value == expected, f"{setting}: the stacks show another picture"
         pictures += 1
     return pictures, errors
@@ -113,27 +111,27 @@ def _check_tree(box, choices, draw, prefix):
 
 def test_kernel_explorer_tree_reaches_the_package_picture_for_every_setting():
     choices = {"kernel_size": (1, 3), "groups": (1, 2), "padding": ("same", 0), "hw": (3,), "channels": (2, 4)}
-    box = viz.static_kernel_explorer(choices)
-    pictures, errors = _check_tree(box, choices, viz.explorer_png, "kx")
+    box = static_widgets.static_kernel_explorer(choices)
+    pictures, errors = _check_tree(box, choices, static_widgets.explorer_png, "kx")
     assert pictures == 16 and errors == 0
     # an impossible setting shows the error, not a picture
-    box = viz.static_kernel_explorer({**choices, "groups": (4,), "channels": (2,), "kernel_size": (3,)})
+    box = static_widgets.static_kernel_explorer({**choices, "groups": (4,), "channels": (2,), "kernel_size": (3,)})
     pictures, errors = _check_tree(box, {**choices, "groups": (4,), "channels": (2,), "kernel_size": (3,)},
-                                   viz.explorer_png, "kx")
+                                   static_widgets.explorer_png, "kx")
     assert (pictures, errors) == (0, 2)
 
 
 def test_partition_explorer_tree():
     choices = {"H": (4, 6), "W": (6,), "h": (2, 3), "w": (3,)}
-    box = viz.static_partition_explorer(choices)
-    assert _check_tree(box, choices, viz.partition_png, "px") == (3, 1)  # H=4, h=3 does not tile
+    box = static_widgets.static_partition_explorer(choices)
+    assert _check_tree(box, choices, static_widgets.partition_png, "px") == (3, 1)  # H=4, h=3 does not tile
 
 
 def test_pictures_are_deterministic_and_fit_the_column():
-    first, second = viz.explorer_png(5, 2, "same", 6, 4), viz.explorer_png(5, 2, "same", 6, 4)
+    first, second = static_widgets.explorer_png(5, 2, "same", 6, 4), static_widgets.explorer_png(5, 2, "same", 6, 4)
     assert first == second
-    assert first != viz.explorer_png(5, 2, 0, 6, 4)
-    for png in (first, viz.partition_png(8, 8, 2, 2)):
+    assert first != static_widgets.explorer_png(5, 2, 0, 6, 4)
+    for png in (first, static_widgets.partition_png(8, 8, 2, 2)):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         assert PILImage.open(io.BytesIO(png)).width <= COLUMN_PX
 
@@ -141,16 +139,16 @@ def test_pictures_are_deterministic_and_fit_the_column():
 def test_pictures_ignore_the_callers_matplotlib_settings():
     # Jupyter's inline backend makes figures transparent and sets its own font size and dpi: the
     # pictures drawn in a notebook must still be the bytes drawn anywhere else.
-    expected = viz.explorer_png(3, 1, "same", 4, 2), viz.partition_png(6, 6, 3, 2)
+    expected = static_widgets.explorer_png(3, 1, "same", 4, 2), static_widgets.partition_png(6, 6, 3, 2)
     inline = {"figure.facecolor": (1, 1, 1, 0), "font.size": 10, "figure.dpi": 72, "figure.figsize": (6, 4)}
     with matplotlib.rc_context(inline):
-        assert (viz.explorer_png(3, 1, "same", 4, 2), viz.partition_png(6, 6, 3, 2)) == expected
+        assert (static_widgets.explorer_png(3, 1, "same", 4, 2), static_widgets.partition_png(6, 6, 3, 2)) == expected
 
 
 def test_embedded_size_is_counted():
-    box = viz.static_partition_explorer({"H": (4,), "W": (4,), "h": (2, 3), "w": (2,)})
-    count, total = viz.embedded_png_bytes(box)
-    assert count == 1 and total == len(viz.partition_png(4, 4, 2, 2))
+    box = static_widgets.static_partition_explorer({"H": (4,), "W": (4,), "h": (2, 3), "w": (2,)})
+    count, total = static_widgets.embedded_png_bytes(box)
+    assert count == 1 and total == len(static_widgets.partition_png(4, 4, 2, 2))
 
 
 # --- in the built book ----------------------------------------------------------------------
@@ -226,7 +224,7 @@ def _label(setting: dict) -> str:
 def _click_through(page: Page, prefix: str, choices: dict, defaults: dict, draw, screenshots: bool):
     setting = dict(defaults)
     classes, shown = page.shown_picture(prefix)
-    assert classes and viz.setting_class(prefix, setting) in classes
+    assert classes and static_widgets.setting_class(prefix, setting) in classes
     assert shown == draw(**setting), f"default {setting}: not the package's picture"
     visited, previous = [], shown
     for name, value in _walk(defaults, choices):
@@ -244,7 +242,7 @@ def _click_through(page: Page, prefix: str, choices: dict, defaults: dict, draw,
             classes, shown = page.shown_picture(prefix)
             assert classes is None and message.split(":")[0] in shown, f"{setting}: expected the error, got {shown!r}"
         else:
-            wanted = viz.setting_class(prefix, setting)
+            wanted = static_widgets.setting_class(prefix, setting)
             page.page.locator(f"img.{wanted}").wait_for(state="visible")
             classes, shown = page.shown_picture(prefix)
             assert wanted in classes, f"{setting}: the picture shown is {classes}"
@@ -264,8 +262,8 @@ def test_chapter2_explorer_moves_in_the_static_page(chromium, server):
     try:
         page.page.locator(".kx img.widget-image").first.wait_for(state="visible")
         defaults = {"kernel_size": 3, "groups": 1, "padding": "same", "hw": 4, "channels": 2}
-        visited = _click_through(page, "kx", viz.KERNEL_CHOICES, defaults, viz.explorer_png, screenshots=True)
-        assert len(visited) == sum(len(v) for v in viz.KERNEL_CHOICES.values())
+        visited = _click_through(page, "kx", static_widgets.KERNEL_CHOICES, defaults, static_widgets.explorer_png, screenshots=True)
+        assert len(visited) == sum(len(v) for v in static_widgets.KERNEL_CHOICES.values())
         assert not page.errors, "\n".join(page.errors)
         assert not page.outside, f"requests outside {LOCAL_HOST}: {page.outside}"
     finally:
@@ -280,7 +278,7 @@ def test_chapter4_partitions_move_in_the_static_page(chromium, server):
     try:
         page.page.locator(".px img.widget-image").first.wait_for(state="visible")
         defaults = {"H": 8, "W": 8, "h": 4, "w": 4}
-        _click_through(page, "px", viz.PARTITION_CHOICES, defaults, viz.partition_png, screenshots=False)
+        _click_through(page, "px", static_widgets.PARTITION_CHOICES, defaults, static_widgets.partition_png, screenshots=False)
         assert not page.errors, "\n".join(page.errors)
         assert not page.outside, f"requests outside {LOCAL_HOST}: {page.outside}"
     finally:

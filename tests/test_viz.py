@@ -10,8 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from repmlp_lite import conv_to_fc  # noqa: E402
-from repmlp_lite import viz  # noqa: E402
+from repmlp_lite import conv_to_fc, viz  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

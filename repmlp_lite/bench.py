@@ -10,7 +10,7 @@
 * :func:`net_vs_layers`: a whole net against the sum of its layers.
 * :func:`deploy_table`: how long :func:`~repmlp_lite.conv_as_fc.conv_to_fc` and a whole-model
   :func:`~repmlp_lite.deploy.deploy` take, against the size of the FC kernels they build.
-* :func:`engine_table`: the merged net in PyTorch against the same net exported to onnxruntime.
+* :func:`~repmlp_lite.export.engine_table`: the merged net in PyTorch against onnxruntime.
 * RepMLPNet and the paper's speed claims: :mod:`repmlp_lite.paper_speed`.
 
 The primitives (counting, interleaved timing, medians of ratios, BN randomisation) are in
@@ -37,7 +37,7 @@ from .block import RepMLPBlock
 from .block_costs import TIME_CATEGORIES, BareMatmuls, copy_bytes, time_breakdown
 from .conv_as_fc import conv_to_fc
 from .deploy import deploy
-from .export import export_onnx, onnxruntime_fn
+from .export import engine_table
 from .measure import (
     count_flops,
     count_parameters,
@@ -53,7 +53,6 @@ from .nets import (
     ResNetBottleneck,
     conv_bn_relu,
     repmlp_light_block,
-    small_conv_resnet,
     small_repmlp_resnet,
 )
 from .paper_speed import repmlpnet_count_table, repmlpnet_table
@@ -74,7 +73,7 @@ def count_table(
 ) -> list[dict[str, Any]]:
     """Parameters and FLOPs per image of a ``C -> C`` block on ``size x size`` maps, for every partition
     size ``h = w`` in ``hs`` and every ``g`` in ``groups``: training form, merged form and the 3x3 conv
-    baseline, all counted (:func:`count_parameters`, :func:`count_flops`). For comparison, the paper's
+    baseline, all counted (:func:`~repmlp_lite.measure.count_parameters`, :func:`~repmlp_lite.measure.count_flops`). For comparison, the paper's
     formulas: ``fc3_formula = C*O*h^2*w^2/g`` and ``one_fc_params = C*O*H^2*W^2`` (one FC on the whole map).
     """
     conv = conv_bn_relu(channels, channels, 3).eval()
@@ -143,13 +142,13 @@ def measure_block(
     """One row of :func:`block_table`: a ``C -> C`` RepMLP block on ``(batch, C, parts*h, parts*h)``
     with ``h x h`` partitions (``P = parts**2`` per image).
 
-    Times, interleaved: the merged form, its :class:`BareMatmuls` in each layout (``bare_ms`` is
+    Times, interleaved: the merged form, its :class:`~repmlp_lite.block_costs.BareMatmuls` in each layout (``bare_ms`` is
     the fastest layout, named in ``bare_layout``), and with ``baselines`` the training form (eval
     mode) and the conv baseline (3x3 conv + BN + ReLU). Ratios: ``merged/bare`` (per round, over
     the fastest layout of that round), ``merged/train``, ``merged/conv``. Also parameters, FLOPs
-    and ``copies``: bytes per image the merged form writes outside its products (:func:`copy_bytes`),
+    and ``copies``: bytes per image the merged form writes outside its products (:func:`~repmlp_lite.block_costs.copy_bytes`),
     next to ``io_bytes``, its input plus output per image. ``copies_ms`` times the copy in and
-    the copy out alone (:meth:`BareMatmuls.copies`), and ``floor/bare`` is ``(bare + copies) /
+    the copy out alone (:meth:`~repmlp_lite.block_costs.BareMatmuls.copies`), and ``floor/bare`` is ``(bare + copies) /
     bare``: the best ratio any forward that makes those two copies around the products can reach.
     """
     torch.manual_seed(seed)
@@ -310,7 +309,7 @@ def net_vs_layers(
 
     ``model`` must be a chain: its top-level layers applied in order give its output (an
     ``nn.Sequential`` such as :func:`~repmlp_lite.nets.small_repmlp_resnet`, deployed or not).
-    All are timed interleaved (:func:`interleaved_ms`). Returns ``net_ms``, ``layers_ms`` (the
+    All are timed interleaved (:func:`~repmlp_lite.measure.interleaved_ms`). Returns ``net_ms``, ``layers_ms`` (the
     sum of the layers' medians), ``net/layers`` (the median over rounds of the net's time over
     the sum of that round's layer times; above 1 means the net costs more than its parts) and
     ``layer_ms``, ``{layer name: ms}``.
@@ -378,43 +377,6 @@ def deploy_table(quick: bool = False, device: str = "cpu", repeats: int = 3) -> 
             "fc_kernel_entries": entries,
             "ms": _once_ms(lambda model=model: deploy(model), repeats),
         })
-    return rows
-
-
-# ---- a second engine: onnxruntime ---------------------------------------------------------------
-
-
-def engine_table(quick: bool = False, rounds: int = 3, min_run_time: float = 0.1) -> list[dict[str, Any]]:
-    """The small RepMLP-ResNet (32x32 images): training form, merged form in PyTorch and the merged
-    form exported to ONNX and run by onnxruntime (CPU), against the conv ResNet of the same depth
-    in both engines. ``vs_merged_torch``: latency over that of the merged net in PyTorch. CPU only.
-    """
-    torch.manual_seed(0)
-    train = randomize_bn(small_repmlp_resnet(width=16)).eval()
-    merged = deploy(train)
-    conv = randomize_bn(small_conv_resnet(width=16)).eval()
-    merged_ort = onnxruntime_fn(export_onnx(merged))
-    conv_ort = onnxruntime_fn(export_onnx(conv))
-    rows = []
-    for batch in (1,) if quick else (1, 32):
-        x = torch.randn(batch, 3, 32, 32)
-        fns = {"train": train, "merged": merged, "merged_ort": merged_ort, "conv": conv, "conv_ort": conv_ort}
-        times = interleaved_ms(fns, x, rounds, min_run_time)
-        ms = median_ms(times)
-        for name, model, engine in [
-            ("train", train, "torch"), ("merged", merged, "torch"), ("merged_ort", merged, "onnxruntime"),
-            ("conv", conv, "torch"), ("conv_ort", conv, "onnxruntime"),
-        ]:
-            rows.append({
-                "table": "engine",
-                "model": "conv ResNet" if name.startswith("conv") else f"RepMLP-ResNet {name.split('_')[0]}",
-                "engine": engine,
-                "batch": batch,
-                "ms": ms[name],
-                "vs_merged_torch": median_ratio(times, name, "merged"),
-                "params": count_parameters(model),
-                "flops": count_flops(model, x),
-            })
     return rows
 
 

@@ -2,7 +2,8 @@
 
 After :func:`~repmlp_lite.deploy.deploy`, a RepMLP block is FC layers and reshapes only, so its
 ONNX graph holds MatMul/Gemm nodes and no Conv. This module exports a model, runs it in
-onnxruntime, compares the outputs and counts the Conv nodes inside and outside the RepMLP blocks.
+onnxruntime, compares the outputs and counts the Conv nodes inside and outside the RepMLP blocks;
+:func:`engine_table` times the merged net in both engines (``python -m repmlp_lite.bench``).
 
 Nodes are attributed to modules by the metadata the ``torch.export``-based ("dynamo") exporter
 writes on each node: ``pkg.torch.onnx.class_hierarchy``, the classes of the modules the node was
@@ -18,7 +19,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
@@ -28,8 +29,8 @@ from torch import nn
 
 from .block import RepMLPBlock
 from .deploy import deploy
-from .measure import randomize_bn
-from .nets import small_repmlp_resnet
+from .measure import count_flops, count_parameters, interleaved_ms, median_ms, median_ratio, randomize_bn
+from .nets import small_conv_resnet, small_repmlp_resnet
 
 _BLOCK_CLASS = f"{RepMLPBlock.__module__}.{RepMLPBlock.__qualname__}"  # "repmlp_lite.block.RepMLPBlock"
 
@@ -160,3 +161,37 @@ def merged_small_repmlp_resnet(seed: int = 0, **kwargs) -> nn.Module:
     """A merged :func:`~repmlp_lite.nets.small_repmlp_resnet` (random weights, non-trivial BN statistics)."""
     torch.manual_seed(seed)
     return deploy(randomize_bn(small_repmlp_resnet(**kwargs), seed))
+
+
+def engine_table(quick: bool = False, rounds: int = 3, min_run_time: float = 0.1) -> list[dict[str, Any]]:
+    """The small RepMLP-ResNet (32x32 images): training form, merged form in PyTorch and the merged
+    form exported to ONNX and run by onnxruntime (CPU), against the conv ResNet of the same depth
+    in both engines. ``vs_merged_torch``: latency over that of the merged net in PyTorch. CPU only.
+    """
+    torch.manual_seed(0)
+    train = randomize_bn(small_repmlp_resnet(width=16)).eval()
+    merged = deploy(train)
+    conv = randomize_bn(small_conv_resnet(width=16)).eval()
+    merged_ort = onnxruntime_fn(export_onnx(merged))
+    conv_ort = onnxruntime_fn(export_onnx(conv))
+    rows = []
+    for batch in (1,) if quick else (1, 32):
+        x = torch.randn(batch, 3, 32, 32)
+        fns = {"train": train, "merged": merged, "merged_ort": merged_ort, "conv": conv, "conv_ort": conv_ort}
+        times = interleaved_ms(fns, x, rounds, min_run_time)
+        ms = median_ms(times)
+        for name, model, engine in [
+            ("train", train, "torch"), ("merged", merged, "torch"), ("merged_ort", merged, "onnxruntime"),
+            ("conv", conv, "torch"), ("conv_ort", conv, "onnxruntime"),
+        ]:
+            rows.append({
+                "table": "engine",
+                "model": "conv ResNet" if name.startswith("conv") else f"RepMLP-ResNet {name.split('_')[0]}",
+                "engine": engine,
+                "batch": batch,
+                "ms": ms[name],
+                "vs_merged_torch": median_ratio(times, name, "merged"),
+                "params": count_parameters(model),
+                "flops": count_flops(model, x),
+            })
+    return rows

@@ -110,8 +110,8 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters everywhere in ``model`` (as after training).
 
     Per BN of ``n`` features: running mean ``0.1 * N(0, 1)``, running variance in ``[0.5, 1.5)``,
-    weight in ``[0.5, 1.5)``, bias ``0.1 * N(0, 1)``, from one generator seeded with ``seed``.
-    Returns ``model``, changed in place.
+    weight in ``[0.5, 1.5)``, bias ``0.1 * N(0, 1)`` (when affine), from one generator seeded with
+    ``seed``. ``model`` may be a BN itself. Returns ``model``, changed in place (its mode unchanged).
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -120,8 +120,9 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
                 n = bn.num_features
                 bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-                bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                bn.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                if bn.affine:
+                    bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    bn.bias.copy_(torch.randn(n, generator=gen) * 0.1)
     return model
 
 

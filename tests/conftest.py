@@ -2,8 +2,10 @@
 
 * :func:`train_steps`: a few real SGD steps on random data, so BN running statistics (and the
   weights) are no longer their defaults before a merge is checked.
-* :func:`randomize_bn`: non-trivial random eval-mode statistics and affine parameters for one BN.
+* :func:`randomize_bn`: the package's :func:`repmlp_lite.measure.randomize_bn` (non-trivial statistics and
+  affine parameters for every BN of a module, one generator), then eval mode.
 * :func:`max_rel`: ``max |a - b| / max |b|``, the relative error used for float32 checks.
+* :func:`assert_equivalent`: the float64 equivalence check, ``max |a - b| < tol`` (default 1e-10), same shape.
 
 They are exposed as fixtures returning the function, so test files need no import from conftest.
 
@@ -18,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from book_fixtures import built_book, chromium, server  # noqa: F401  (registered as fixtures here)
 from torch import nn
+
+from repmlp_lite.measure import randomize_bn as randomize_bn_everywhere
 
 
 def _train_steps(
@@ -49,22 +53,20 @@ def _train_steps(
     return model
 
 
-def _randomize_bn(bn: nn.modules.batchnorm._BatchNorm, seed: int = 0) -> nn.modules.batchnorm._BatchNorm:
-    """Random running mean, positive running var, weight and bias (never the identity BN); eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    n = bn.num_features
-    dtype = bn.running_mean.dtype
-    with torch.no_grad():
-        bn.running_mean.copy_(torch.randn(n, generator=gen, dtype=dtype))
-        bn.running_var.copy_(torch.rand(n, generator=gen, dtype=dtype) * 2 + 0.2)
-        if bn.weight is not None:
-            bn.weight.copy_(torch.randn(n, generator=gen, dtype=dtype))
-            bn.bias.copy_(torch.randn(n, generator=gen, dtype=dtype))
-    return bn.eval()
+def _randomize_bn(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Every BN of ``module`` (or ``module`` itself, a BN) randomised by the package's one routine; eval mode."""
+    return randomize_bn_everywhere(module, seed).eval()
 
 
 def _max_rel(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+def _assert_equivalent(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-10) -> None:
+    """The float64 check of a merge: same shape, ``max |actual - expected| < tol``."""
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    error = (actual - expected).abs().max().item()
+    assert error < tol, f"max |actual - expected| = {error:.3g} >= {tol:g}"
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +82,11 @@ def randomize_bn():
 @pytest.fixture(scope="session")
 def max_rel():
     return _max_rel
+
+
+@pytest.fixture(scope="session")
+def assert_equivalent():
+    return _assert_equivalent
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,7 @@ def _merged_block(train_steps, randomize_bn, seed=0, n=4, **kwargs) -> RepMLPBlo
     torch.manual_seed(seed)
     block = RepMLPBlock(**kwargs)
     train_steps(block, (n, kwargs["in_channels"], kwargs["H"], kwargs["W"]), seed=seed)
-    for i, bn in enumerate(m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-        randomize_bn(bn, seed + i)
-    return deploy(block)
+    return deploy(randomize_bn(block, seed))
 
 
 # ---- the command line --------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def test_block_merge_is_exact_float32(train_steps, max_rel, name):
         assert max_rel(merged(x), original(x)) < 1e-5
 
 
-def test_switch_to_deploy_in_place_keeps_outputs(train_steps):
+def test_switch_to_deploy_in_place_keeps_outputs(train_steps, assert_equivalent):
     block, shape = _trained_block(train_steps, "g2_C!=O_nonsquare_r2", seed=4)
     block.double().eval()
     x = torch.randn(shape, dtype=torch.float64)
@@ -152,10 +152,10 @@ def test_switch_to_deploy_in_place_keeps_outputs(train_steps):
         block.switch_to_deploy()
         after = block(x)
     assert block.deployed
-    assert (after - before).abs().max().item() < 1e-10
+    assert_equivalent(after, before)
 
 
-def test_merged_fc3_is_the_partition_and_local_perceptron(train_steps):
+def test_merged_fc3_is_the_partition_and_local_perceptron(train_steps, assert_equivalent):
     """merged_fc3 as a grouped FC on the partitions equals FC3 + BN + conv branches."""
     block, _ = _trained_block(train_steps, "g4_C>O_hw_nonsquare", seed=5)
     block.double().eval()
@@ -167,7 +167,7 @@ def test_merged_fc3_is_the_partition_and_local_perceptron(train_steps):
         weight, bias = block.merged_fc3()
     assert weight.shape == (4 * 4 * 2, 8 * 4 * 2 // 4) and bias.shape == (4 * 4 * 2,)
     actual = fc_forward(parts, weight, bias, groups=4).flatten(1)
-    assert (actual - expected).abs().max().item() < 1e-10
+    assert_equivalent(actual, expected)
 
 
 def test_deployed_block_structure(train_steps):
@@ -223,7 +223,7 @@ def test_global_perceptron_is_pool_bn_fc1_relu_fc2():
     assert (v - expected).abs().max().item() < 1e-12
 
 
-def test_global_perceptron_switch_to_deploy(randomize_bn):
+def test_global_perceptron_switch_to_deploy(randomize_bn, assert_equivalent):
     torch.manual_seed(0)
     gp = GlobalPerceptron(channels=3, h_parts=2, w_parts=2, h=2, w=3, fc1_fc2_reduction=3).double()
     randomize_bn(gp.bn, seed=1)
@@ -234,7 +234,7 @@ def test_global_perceptron_switch_to_deploy(randomize_bn):
         gp.switch_to_deploy()
         after = gp(x)
     assert gp.bn is None
-    assert (after - before).abs().max().item() < 1e-10
+    assert_equivalent(after, before)
     with pytest.raises(ValueError, match=r"switch_to_deploy\(\) was called twice"):
         gp.switch_to_deploy()
 
@@ -318,9 +318,7 @@ def _fast_pair(train_steps, randomize_bn, name, dtype, batch=5):
     torch.manual_seed(0)
     block = RepMLPBlock(c, o, height, width, h, w, groups=g, fc1_fc2_reduction=2, global_perceptron=gp)
     train_steps(block, (3, c, height, width), steps=2)
-    for i, bn in enumerate(m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-        randomize_bn(bn, i)
-    block.to(dtype).eval()
+    randomize_bn(block).to(dtype).eval()
     x = torch.randn(batch, c, height, width, dtype=dtype, generator=torch.Generator().manual_seed(1))
     return block, deploy(block), x
 

@@ -173,7 +173,7 @@ def test_grouped_to_dense_is_block_diagonal():
 
 
 @pytest.mark.parametrize("k,p,g", [(3, None, 1), (5, None, 2), (2, 1, 2), (3, 0, 1)])
-def test_conv_bias_to_fc_matches_conv_with_bias(k, p, g):
+def test_conv_bias_to_fc_matches_conv_with_bias(k, p, g, assert_equivalent):
     gen = torch.Generator().manual_seed(k * 10 + g)
     n, c, o, h, w = 2, 4, 6, 5, 3
     x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
@@ -186,7 +186,7 @@ def test_conv_bias_to_fc_matches_conv_with_bias(k, p, g):
     assert fc_bias.shape == (o * out_h * out_w,)
     assert torch.equal(fc_bias.reshape(o, out_h, out_w), bias[:, None, None].expand(o, out_h, out_w))
     actual = fc_forward(x, conv_to_fc(kernel, h, w, padding=p, groups=g), fc_bias, groups=g, out_hw=(out_h, out_w))
-    assert (actual - expected).abs().max().item() < 1e-10
+    assert_equivalent(actual, expected)
 
 
 def test_conv_output_size():

@@ -38,7 +38,7 @@ def test_bn_scale_shift_is_the_eval_mode_bn(randomize_bn, affine):
 @pytest.mark.parametrize("k", [1, 3, 5])
 @pytest.mark.parametrize("groups", [1, 2, 4])
 @pytest.mark.parametrize("conv_bias", [False, True])
-def test_fuse_conv_bn_equals_conv_then_bn(randomize_bn, k, groups, conv_bias):
+def test_fuse_conv_bn_equals_conv_then_bn(randomize_bn, k, groups, conv_bias, assert_equivalent):
     torch.manual_seed(k * 100 + groups * 10 + conv_bias)
     c, o = 4, 8
     conv = nn.Conv2d(c, o, k, padding=k // 2, groups=groups, bias=conv_bias).to(D)
@@ -50,7 +50,7 @@ def test_fuse_conv_bn_equals_conv_then_bn(randomize_bn, k, groups, conv_bias):
     weight, bias = fuse_conv_bn(conv.weight, conv.bias, bn)
     assert weight.shape == conv.weight.shape and bias.shape == (o,)
     actual = F.conv2d(x, weight, bias, padding=k // 2, groups=groups)
-    assert (actual - expected).abs().max().item() < 1e-10
+    assert_equivalent(actual, expected)
 
     # torch's own fold gives the same weights
     ref_w, ref_b = fuse_conv_bn_weights(
@@ -71,7 +71,7 @@ def test_fuse_conv_bn_float32(randomize_bn, max_rel):
 
 
 @pytest.mark.parametrize("linear_bias", [False, True])
-def test_fuse_linear_bn_equals_linear_then_bn(randomize_bn, linear_bias):
+def test_fuse_linear_bn_equals_linear_then_bn(randomize_bn, linear_bias, assert_equivalent):
     torch.manual_seed(int(linear_bias))
     fc = nn.Linear(7, 5, bias=linear_bias).to(D)
     bn = randomize_bn(nn.BatchNorm1d(5).to(D), seed=4)
@@ -81,7 +81,7 @@ def test_fuse_linear_bn_equals_linear_then_bn(randomize_bn, linear_bias):
 
     weight, bias = fuse_linear_bn(fc.weight, fc.bias, bn)
     assert weight.shape == (5, 7) and bias.shape == (5,)
-    assert (F.linear(x, weight, bias) - expected).abs().max().item() < 1e-10
+    assert_equivalent(F.linear(x, weight, bias), expected)
 
     ref_w, ref_b = fuse_linear_bn_weights(
         fc.weight, fc.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
@@ -92,7 +92,7 @@ def test_fuse_linear_bn_equals_linear_then_bn(randomize_bn, linear_bias):
 
 @pytest.mark.parametrize("p,q", [(1, 1), (2, 3), (4, 4)])
 @pytest.mark.parametrize("linear_bias", [False, True])
-def test_fuse_bn_linear_equals_bn_then_flatten_then_linear(randomize_bn, p, q, linear_bias):
+def test_fuse_bn_linear_equals_bn_then_flatten_then_linear(randomize_bn, p, q, linear_bias, assert_equivalent):
     """BN2d over C channels of (N, C, P, Q), flattened channel-major, then an FC."""
     torch.manual_seed(p * 10 + q)
     c, out = 3, 4
@@ -104,16 +104,16 @@ def test_fuse_bn_linear_equals_bn_then_flatten_then_linear(randomize_bn, p, q, l
 
     weight, bias = fuse_bn_linear(bn, fc.weight, fc.bias, pixels_per_channel=p * q)
     assert weight.shape == fc.weight.shape and bias.shape == (out,)
-    assert (F.linear(x.flatten(1), weight, bias) - expected).abs().max().item() < 1e-10
+    assert_equivalent(F.linear(x.flatten(1), weight, bias), expected)
 
 
-def test_fuse_bn_linear_with_batchnorm1d(randomize_bn):
+def test_fuse_bn_linear_with_batchnorm1d(randomize_bn, assert_equivalent):
     torch.manual_seed(0)
     bn = randomize_bn(nn.BatchNorm1d(6).to(D), seed=9)
     fc = nn.Linear(6, 2).to(D)
     x = torch.randn(4, 6, dtype=D)
     weight, bias = fuse_bn_linear(bn, fc.weight, fc.bias)
-    assert (F.linear(x, weight, bias) - fc(bn(x))).abs().max().item() < 1e-10
+    assert_equivalent(F.linear(x, weight, bias), fc(bn(x)))
 
 
 def test_fusions_do_not_modify_their_inputs(randomize_bn):

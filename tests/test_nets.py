@@ -130,7 +130,7 @@ def _trained(train_steps, name: str, seed: int = 0):
 
 
 @pytest.mark.parametrize("name", list(NETS))
-def test_net_merge_is_exact_float64(train_steps, name):
+def test_net_merge_is_exact_float64(train_steps, name, assert_equivalent):
     net, shape = _trained(train_steps, name)
     assert check_equivalence(net, shape, dtype=torch.float64, seed=1).max_abs < 1e-10
 
@@ -140,7 +140,7 @@ def test_net_merge_is_exact_float64(train_steps, name):
     with torch.no_grad():
         expected, actual = original(x), merged(x)
     assert actual.shape == expected.shape
-    assert (actual - expected).abs().max().item() < 1e-10
+    assert_equivalent(actual, expected)
     assert expected.abs().max().item() > 1e-3  # not a trivially zero output
     for block in _blocks(merged):
         assert block.deployed and block.fc3.bias is not None

@@ -28,12 +28,6 @@ def _random_block(c=8, h=3, w=2, sets=2, ks=(1, 3), seed=0, dtype=torch.float64)
     return RepMLPNetBlock(c, h, w, sets, ks).to(dtype)
 
 
-def _randomize_all_bn(model: nn.Module, randomize_bn) -> None:
-    for i, m in enumerate(model.modules()):
-        if isinstance(m, nn.BatchNorm2d):
-            randomize_bn(m, seed=i)
-
-
 # ---- the block against a direct reference ------------------------------------------------------
 
 
@@ -53,7 +47,7 @@ def test_identity_fc3_and_constant_gate_return_the_input_times_the_gate():
 def test_block_equals_a_loop_over_channels_and_partitions(randomize_bn):
     """Channel c uses set c % S's FC and conv kernels on each of its own partitions."""
     block = _random_block(c=6, h=2, w=3, sets=3, ks=(1, 3)).eval()
-    _randomize_all_bn(block, randomize_bn)
+    randomize_bn(block)
     x = torch.randn(2, 6, 4, 6, dtype=torch.float64)
     gate = block.gate(x)
     expected = torch.zeros_like(x)
@@ -93,7 +87,7 @@ def test_block_merge_exact_after_training(partitions_per_side, c, h, sets, ks, t
     block = _random_block(c=c, h=h, w=h, sets=sets, ks=ks)
     size = h * partitions_per_side
     train_steps(block, (3, c, size, size), dtype=torch.float64)
-    _randomize_all_bn(block, randomize_bn)
+    randomize_bn(block)
     block.eval()
     x = torch.randn(3, c, size, size, dtype=torch.float64)
     merged = copy.deepcopy(block)
@@ -107,7 +101,7 @@ def test_net_deploy_exact_at_two_resolutions(dtype, tol, train_steps, randomize_
     torch.manual_seed(0)
     net = small_repmlpnet(num_classes=10, in_channels=1, image_size=32)
     train_steps(net, (4, 1, 32, 32), dtype=dtype)
-    _randomize_all_bn(net, randomize_bn)
+    randomize_bn(net)
     net.eval()
     merged = deploy(net)
     assert not any(isinstance(m, RepMLPNetBlock) and not m.deployed for m in merged.modules())

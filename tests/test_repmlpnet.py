@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from repmlp_lite import create_model, deploy, list_models, load_official
-from repmlp_lite.bench import count_flops, count_parameters
+from repmlp_lite.measure import count_flops, count_parameters
 from repmlp_lite.repmlpnet import (
     RepMLPNet,
     RepMLPNetBlock,
@@ -340,7 +340,7 @@ def test_locality_ablation_runs_and_merges():
 
 
 def test_count_table_matches_the_readme_for_t224_and_b224():
-    from repmlp_lite.bench import repmlpnet_count_table
+    from repmlp_lite.paper_speed import repmlpnet_count_table
 
     rows = {row["model"]: row for row in repmlpnet_count_table()}
     assert len(rows) == 6

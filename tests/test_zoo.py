@@ -4,15 +4,17 @@ deployed net (meta device), and create_model / deploy round trips on full-size n
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from repmlp_lite import create_model, deploy, list_models
-from repmlp_lite.bench import randomize_bn
 from repmlp_lite.block import RepMLPBlock
 from repmlp_lite.deploy import batchnorms_left
+from repmlp_lite.measure import randomize_bn
 from repmlp_lite.nets import RepMLPBottleneck, RepMLPLightBlock, ResNetBottleneck
 from repmlp_lite.tables import ROWS, recount, truncated
 
@@ -148,3 +150,11 @@ def test_pure_mlp_bad_arguments_raise():
         create_model("repmlp_pure_mlp_cifar", mixer="attention")
     with pytest.raises(ValueError, match="channels must give the three stages' widths"):
         create_model("repmlp_pure_mlp_cifar", channels=(16, 32))
+
+
+def test_every_zoo_name_is_a_decorated_function_of_that_name():
+    """timm's style: ``@register_model("x")`` right above ``def x(``, so grep finds every name's builder."""
+    source = "\n".join(p.read_text() for p in (Path(__file__).parents[1] / "repmlp_lite").glob("*.py"))
+    pairs = re.findall(r'^@register_model\("(\w+)"\)\ndef (\w+)\(', source, flags=re.M)
+    assert all(name == function for name, function in pairs), [p for p in pairs if p[0] != p[1]]
+    assert sorted(name for name, _ in pairs) == list_models()

@@ -9,6 +9,9 @@ block-diagonal form by :func:`~repmlp_lite.conv_as_fc.grouped_to_dense` when ``g
 
 In the pictures a diverging colormap shows the values, exact zeros are white, thin grey lines
 separate channels and thick black lines separate groups.
+
+The figure style (column width, :func:`~repmlp_lite.style.use_book_style`) is in :mod:`repmlp_lite.style`;
+the explorers that work without a kernel, drawn in advance, in :mod:`repmlp_lite.static_widgets`.
 """
 
 from __future__ import annotations

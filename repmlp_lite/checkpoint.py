@@ -69,7 +69,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def check_fits(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], what: str) -> None:
     """Raise ``CheckpointError`` naming the first key that is missing, unexpected or of another shape."""
-    for key in sorted(set(state) | set(model_state)):
+    for key in [*model_state, *(k for k in state if k not in model_state)]:  # the model's order first
         if key not in state:
             raise CheckpointError(f"{what} does not fit the model: key {key!r} is missing from it")
         if key not in model_state:

@@ -31,7 +31,7 @@ class Runtime:
 
 
 def setup_runtime(device: str) -> Runtime:
-    """Rank and world size from torchrun's environment; one device per process; the process group."""
+    """Rank and world size from torchrun's environment (1 process without it); one device per process."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no GPU is visible")
@@ -39,27 +39,37 @@ def setup_runtime(device: str) -> Runtime:
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
     return Runtime(rank, world, dev)
 
 
+def init_distributed(rt: Runtime, batch_size: int) -> None:
+    """Check that the global ``batch_size`` shards evenly, then join the process group (nccl on GPUs, gloo on
+    CPUs) when there is more than one process."""
+    if batch_size < rt.world:
+        raise UsageError(f"--batch-size {batch_size} is smaller than the {rt.world} processes: each needs an image")
+    if batch_size % rt.world:
+        raise UsageError(f"--batch-size {batch_size} is not divisible by the {rt.world} processes "
+                         "(it is the global batch: each process takes B/N)")
+    if rt.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
+
+
 def _sizes_hint(name: str, kwargs: dict[str, Any], num_classes: int, takes_size: bool) -> str:
-    """The image sizes (4 to 128) the model can take, by building and probing it; else its name's size."""
+    """The image sizes (4 to 64) the model can take, by building and probing it; else its name's size."""
     if not takes_size:
         fixed = re.search(r"(\d+)$", name)
         return f"; it is built for {fixed.group(1)}x{fixed.group(1)} images" if fixed else (
             "; it is built for 32x32 images" if "cifar" in name else "")
     good = []
-    for size in range(4, 129, 4):
+    for size in range(4, 65, 4):
         try:
             model = create_model(name, num_classes=num_classes, **{**kwargs, "image_size": size}).eval()
             with torch.no_grad():
-                model(torch.zeros(2, kwargs.get("in_channels", 3), size, size))
+                model(torch.zeros(1, kwargs.get("in_channels", 3), size, size))
             good.append(size)
         except (RuntimeError, ValueError):
             continue
-    return f"; sizes it takes (4 to 128): {', '.join(map(str, good))}" if good else ""
+    return f"; sizes it takes (4 to 64): {', '.join(map(str, good))}" if good else ""
 
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int,

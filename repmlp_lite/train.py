@@ -35,7 +35,9 @@ from .checkpoint import CheckpointError, check_fits, load_checkpoint, rng_states
 from .datasets import Augmented, DataError, Splits, build_splits, download_cifar
 from .deploy import deploy
 from .recipe import Recipe, make_optimizer, recipe_for, warmup_cosine
-from .runtime import ResumableSampler, Runtime, UsageError, build_model, reduce_values, setup_runtime
+from .runtime import (
+    ResumableSampler, Runtime, UsageError, build_model, init_distributed, reduce_values, setup_runtime,
+)
 from .zoo import create_model
 
 
@@ -250,9 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     image_size = args.image_size or (224 if args.data != "digits" and (Path(args.data) / "train").is_dir() else 32)
     splits = build_splits(args.data, image_size, args.seed)
     args = _settings(args, recipe_for(args.model), splits)
-    if args.batch_size % rt.world:
-        raise UsageError(f"--batch-size {args.batch_size} is not divisible by the {rt.world} processes "
-                         "(it is the global batch: each process takes B/N)")
+    init_distributed(rt, args.batch_size)
     seed_everything(args.seed)
     model, kwargs = build_model(args.model, args.num_classes, splits.in_channels, image_size, extra)
     train_set = splits.train

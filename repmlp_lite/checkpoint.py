@@ -44,8 +44,11 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 def rng_states() -> dict[str, Any]:
     """Python's, NumPy's, torch's CPU and (where there is one) every CUDA device's generator state."""
-    states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                              "torch": torch.get_rng_state()}
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -75,5 +78,7 @@ def check_fits(state: Mapping[str, torch.Tensor], model_state: Mapping[str, torc
         if key not in model_state:
             raise CheckpointError(f"{what} does not fit the model: unexpected key {key!r}")
         if tuple(state[key].shape) != tuple(model_state[key].shape):
-            raise CheckpointError(f"{what} does not fit the model: key {key!r} has shape {tuple(state[key].shape)}"
-                                  f", the model {tuple(model_state[key].shape)}")
+            raise CheckpointError(
+                f"{what} does not fit the model: key {key!r} has shape {tuple(state[key].shape)}"
+                f", the model {tuple(model_state[key].shape)}"
+            )

@@ -69,9 +69,13 @@ def _uniform(gen: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * torch.rand((), generator=gen).item()
 
 
-def random_resized_crop_box(width: int, height: int, gen: torch.Generator,
-                            scale: tuple[float, float] = (0.08, 1.0),
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """A crop box ``(left, top, right, bottom)`` covering ``scale`` of the area at aspect ``ratio``
     (log-uniform), ten tries, then the largest centred box of a clamped ratio (as torchvision does)."""
     area = width * height
@@ -84,8 +88,11 @@ def random_resized_crop_box(width: int, height: int, gen: torch.Generator,
             top = int(torch.randint(0, height - h + 1, (), generator=gen))
             return left, top, left + w, top + h
     in_ratio = width / height
-    w, h = (width, round(width / ratio[0])) if in_ratio < ratio[0] else (
-        (round(height * ratio[1]), height) if in_ratio > ratio[1] else (width, height))
+    w, h = (
+        (width, round(width / ratio[0]))
+        if in_ratio < ratio[0]
+        else ((round(height * ratio[1]), height) if in_ratio > ratio[1] else (width, height))
+    )
     left, top = (width - w) // 2, (height - h) // 2
     return left, top, left + w, top + h
 
@@ -116,7 +123,7 @@ def cifar_transform(img: object, gen: torch.Generator | None) -> torch.Tensor:
     x = (img.float() / 255 - torch.tensor(CIFAR_MEAN).view(3, 1, 1)) / torch.tensor(CIFAR_STD).view(3, 1, 1)
     if gen is not None:
         top, left = torch.randint(0, 9, (2,), generator=gen).tolist()
-        x = F.pad(x, (4, 4, 4, 4))[:, top:top + 32, left:left + 32]
+        x = F.pad(x, (4, 4, 4, 4))[:, top : top + 32, left : left + 32]
         if torch.rand((), generator=gen).item() < 0.5:
             x = x.flip(2)
     return x
@@ -132,14 +139,18 @@ class ImageFolder(Dataset):
         if not found:
             raise DataError(f"--data: {root} has no class folders (expected {root}/<class>/<image>)")
         if classes is not None and found != classes:
-            raise DataError(f"--data: the class folders of {root} are not those of train/ ({len(found)} vs "
-                            f"{len(classes)}; first difference {sorted(set(found) ^ set(classes))[0]!r})")
+            raise DataError(
+                f"--data: the class folders of {root} are not those of train/ ({len(found)} vs "
+                f"{len(classes)}; first difference {min(set(found) ^ set(classes))!r})"
+            )
         self.classes = found
         self.samples: list[tuple[Path, int]] = []
         for label, name in enumerate(found):
             files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise DataError(f"--data: class folder {root / name} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+                raise DataError(
+                    f"--data: class folder {root / name} holds no image ({', '.join(IMAGE_SUFFIXES)})"
+                )
             self.samples += [(f, label) for f in files]
 
     def __len__(self) -> int:
@@ -187,8 +198,11 @@ def _cifar_files(root: Path) -> dict[str, bytes] | None:
             return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     for archive in sorted(root.glob("cifar-*-python.tar.gz")):
         with tarfile.open(archive) as tar:
-            return {Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
-                    for m in tar.getmembers() if m.isfile()}
+            return {
+                Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar.getmembers()
+                if m.isfile()
+            }
     return None
 
 
@@ -198,8 +212,12 @@ def load_cifar(root: Path) -> tuple[TensorDataset, TensorDataset, int]:
     if files is None:
         raise DataError(f"--data: no CIFAR batches in {root}")
     if "test_batch" in files:  # CIFAR-10
-        train_names, test_names, key, classes = sorted(n for n in files if n.startswith("data_batch_")), \
-            ["test_batch"], b"labels", 10
+        train_names, test_names, key, classes = (
+            sorted(n for n in files if n.startswith("data_batch_")),
+            ["test_batch"],
+            b"labels",
+            10,
+        )
     else:  # CIFAR-100
         train_names, test_names, key, classes = ["train"], ["test"], b"fine_labels", 100
 
@@ -217,9 +235,13 @@ def download_cifar(name: str, root: Path) -> None:
     target = root / Path(CIFAR_URLS[name]).name
     if not target.exists():
         root.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(CIFAR_URLS[name]) as response:  # noqa: S310 (a fixed https URL)
-            data = response.read()
-        tarfile.open(fileobj=io.BytesIO(data)).getmembers()  # raises on a truncated archive
+        try:
+            with urllib.request.urlopen(CIFAR_URLS[name], timeout=60) as response:
+                data = response.read()
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                tar.getmembers()  # raises on a truncated archive
+        except (OSError, tarfile.TarError) as err:
+            raise DataError(f"--download {name}: could not fetch {CIFAR_URLS[name]} ({err})") from None
         target.write_bytes(data)
 
 
@@ -235,12 +257,22 @@ def build_splits(data: str, image_size: int, seed: int = 0) -> Splits:
         train = ImageFolder(root / "train")
         val = ImageFolder(root / "val", classes=train.classes)
         transform = imagenet_transform(image_size)
-        return Splits(Augmented(train, transform, True, seed), Augmented(val, transform, False), len(train.classes),
-                      3, "imagefolder")
+        return Splits(
+            Augmented(train, transform, True, seed),
+            Augmented(val, transform, False),
+            len(train.classes),
+            3,
+            "imagefolder",
+        )
     if _cifar_files(root) is not None:
         if image_size != 32:
             raise DataError(f"--image-size={image_size}: CIFAR images are 32x32; give 32")
         train_set, test_set, classes = load_cifar(root)
-        return Splits(Augmented(train_set, cifar_transform, True, seed), Augmented(test_set, cifar_transform, False),
-                      classes, 3, "cifar")
+        return Splits(
+            Augmented(train_set, cifar_transform, True, seed),
+            Augmented(test_set, cifar_transform, False),
+            classes,
+            3,
+            "cifar",
+        )
     raise DataError(f"--data: {root} holds neither train/ and val/ (ImageFolder) nor CIFAR batches")

@@ -74,8 +74,9 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) 
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                  warmup_lr: float, base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, warmup_lr: float, base_lr: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear from ``warmup_lr`` to ``base_lr`` over ``warmup_steps``, then cosine to 0
     at ``total_steps`` (Swin's ``CosineLRScheduler`` with ``t_in_epochs=False``, min lr 0)."""
     start = warmup_lr / base_lr if base_lr > 0 else 0.0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +48,14 @@ def init_distributed(rt: Runtime, batch_size: int) -> None:
     """Check that the global ``batch_size`` shards evenly, then join the process group (nccl on GPUs, gloo on
     CPUs) when there is more than one process."""
     if batch_size < rt.world:
-        raise UsageError(f"--batch-size {batch_size} is smaller than the {rt.world} processes: each needs an image")
+        raise UsageError(
+            f"--batch-size {batch_size} is smaller than the {rt.world} processes: each needs an image"
+        )
     if batch_size % rt.world:
-        raise UsageError(f"--batch-size {batch_size} is not divisible by the {rt.world} processes "
-                         "(it is the global batch: each process takes B/N)")
+        raise UsageError(
+            f"--batch-size {batch_size} is not divisible by the {rt.world} processes "
+            "(it is the global batch: each process takes B/N)"
+        )
     if rt.world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
 
@@ -58,8 +64,11 @@ def _sizes_hint(name: str, kwargs: dict[str, Any], num_classes: int, takes_size:
     """The image sizes (4 to 64) the model can take, by building and probing it; else its name's size."""
     if not takes_size:
         fixed = re.search(r"(\d+)$", name)
-        return f"; it is built for {fixed.group(1)}x{fixed.group(1)} images" if fixed else (
-            "; it is built for 32x32 images" if "cifar" in name else "")
+        return (
+            f"; it is built for {fixed.group(1)}x{fixed.group(1)} images"
+            if fixed
+            else ("; it is built for 32x32 images" if "cifar" in name else "")
+        )
     good = []
     for size in range(4, 65, 4):
         try:
@@ -72,8 +81,9 @@ def _sizes_hint(name: str, kwargs: dict[str, Any], num_classes: int, takes_size:
     return f"; sizes it takes (4 to 64): {', '.join(map(str, good))}" if good else ""
 
 
-def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
-                extra: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, extra: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
     """``create_model(name, num_classes, in_channels=..., image_size=..., **extra)``, dropping the two data
     keywords a builder does not take; probed on a ``(2, C, S, S)`` batch. Returns the model and its kwargs."""
     if name not in list_models():
@@ -98,8 +108,9 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
     except (RuntimeError, ValueError) as err:
         hint = _sizes_hint(name, kwargs, num_classes, "image_size" in kwargs)
         first = str(err).strip().splitlines()[0]
-        raise UsageError(f"--model {name} cannot take {in_channels}x{image_size}x{image_size} images ({first})"
-                         f"{hint}") from None
+        raise UsageError(
+            f"--model {name} cannot take {in_channels}x{image_size}x{image_size} images ({first}){hint}"
+        ) from None
     return model.train(), kwargs
 
 
@@ -113,8 +124,8 @@ class ResumableSampler(DistributedSampler):
         super().set_epoch(epoch)
         self.start = start
 
-    def __iter__(self):  # noqa: ANN204 (an iterator of int)
-        return iter(list(super().__iter__())[self.start:])
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start :])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
@@ -127,3 +138,10 @@ def reduce_values(values: list[float], rt: Runtime, op: Any = None) -> list[floa
     t = torch.tensor(values, dtype=torch.float64, device=rt.device)
     dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def autocast(amp: str, device: torch.device) -> Any:
+    """``torch.autocast`` to bfloat16 or float16 on ``device``'s type; ``"off"``: nothing."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

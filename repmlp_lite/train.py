@@ -18,7 +18,6 @@ import re
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,18 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, check_fits, load_checkpoint, rng_states, save_atomic, set_rng_states
 from .datasets import Augmented, DataError, Splits, build_splits, download_cifar
-from .deploy import deploy
+from .finish import evaluate, finish, log_record
 from .recipe import Recipe, make_optimizer, recipe_for, warmup_cosine
 from .runtime import (
-    ResumableSampler, Runtime, UsageError, build_model, init_distributed, reduce_values, setup_runtime,
+    ResumableSampler,
+    Runtime,
+    UsageError,
+    autocast,
+    build_model,
+    init_distributed,
+    reduce_values,
+    setup_runtime,
 )
-from .zoo import create_model
 
 
 def pick_device() -> torch.device:
@@ -95,10 +100,16 @@ def train(
     seed_everything(seed)
     model.to(device)
     loader = DataLoader(
-        train_set, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
+        train_set,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
     )
     if len(loader) == 0:
-        raise ValueError(f"batch_size={batch_size} is larger than the training set ({len(train_set)} examples)")
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the training set ({len(train_set)} examples)"
+        )
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss()
@@ -130,9 +141,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command's options; ``None`` defaults are filled from the model's :class:`~repmlp_lite.recipe.Recipe`."""
     p = argparse.ArgumentParser(prog="python -m repmlp_lite.train", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a list_models() name, e.g. small_repmlp_resnet")
-    p.add_argument("--data", required=True, help="'digits', an ImageFolder root (train/, val/) or a CIFAR dir")
+    p.add_argument(
+        "--data", required=True, help="'digits', an ImageFolder root (train/, val/) or a CIFAR dir"
+    )
     p.add_argument("--out", required=True, type=Path, help="run directory: log.jsonl, last.pt, deployed.pt")
-    p.add_argument("--image-size", type=int, help="input side S (default: 32 for digits/CIFAR, 224 otherwise)")
+    p.add_argument(
+        "--image-size", type=int, help="input side S (default: 32 for digits/CIFAR, 224 otherwise)"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch: each of N torchrun processes takes B/N")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled by B)")
@@ -142,61 +157,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--clip-grad", type=float, help="max gradient norm (0: none)")
     p.add_argument("--num-classes", type=int, help="default: the number of classes in the data")
-    p.add_argument("--model-kwargs", default="{}", help='JSON keyword arguments for the builder, e.g. \'{"width": 8}\'')
+    p.add_argument(
+        "--model-kwargs", default="{}", help="JSON keyword arguments for the builder, e.g. '{\"width\": 8}'"
+    )
     p.add_argument("--limit-train", type=int, help="train on a fixed random subset of N images")
     p.add_argument("--download", choices=("cifar10", "cifar100"), help="fetch CIFAR into --data first")
     p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
-    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (0: epoch ends only)")
+    p.add_argument(
+        "--save-every", type=int, default=0, help="also checkpoint every N steps (0: epoch ends only)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, help="DataLoader workers per process (default: 0 for digits, else 8)")
+    p.add_argument(
+        "--workers", type=int, help="DataLoader workers per process (default: 0 for digits, else 8)"
+    )
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_argument("--sync-bn", action="store_true", help="BatchNorm -> SyncBatchNorm under DDP (GPUs only)")
-    p.add_argument("--freeze-bn", action="store_true", help="BN layers use their running statistics (fine-tuning)")
+    p.add_argument(
+        "--freeze-bn", action="store_true", help="BN layers use their running statistics (fine-tuning)"
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--kill-after-steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: SIGKILL itself
     return p.parse_args(argv)
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, rt: Runtime, sampler: Any = None,
-            seed: int = 0) -> DataLoader:
+def _loader(
+    dataset: Dataset, batch_size: int, workers: int, rt: Runtime, sampler: Any = None, seed: int = 0
+) -> DataLoader:
     """Batches of ``(x (B, C, S, S), y (B,))``; its own generator, so that making an iterator does not
     draw from torch's global one (a resumed run makes one more iterator than an uninterrupted one)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      drop_last=sampler is not None, pin_memory=rt.device.type == "cuda",
-                      generator=torch.Generator().manual_seed(seed))
-
-
-def _autocast(amp: str, device: torch.device) -> Any:
-    if amp == "off":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, rt: Runtime, amp: str = "off",
-             deployed: nn.Module | None = None) -> dict[str, float]:
-    """Top-1 of ``model`` (eval mode) over this rank's shard, summed over ranks; with ``deployed``, also its
-    top-1, the fraction of images where both predict the same class, and max |logit diff| / max |logit|."""
-    model.eval()
-    correct = agree = correct_dep = total = max_diff = max_logit = 0.0
-    for x, y in loader:
-        x, y = x.to(rt.device), y.to(rt.device)
-        with _autocast(amp, rt.device):
-            logits = model(x).float()
-        correct += (logits.argmax(1) == y).sum().item()
-        total += len(y)
-        if deployed is not None:
-            merged = deployed(x)
-            agree += (merged.argmax(1) == logits.argmax(1)).sum().item()
-            correct_dep += (merged.argmax(1) == y).sum().item()
-            max_diff = max(max_diff, (merged - logits).abs().max().item())
-            max_logit = max(max_logit, logits.abs().max().item())
-    correct, agree, correct_dep, total = reduce_values([correct, agree, correct_dep, total], rt)
-    max_diff, max_logit = reduce_values([max_diff, max_logit], rt, dist.ReduceOp.MAX)
-    out = {"top1": correct / total}
-    if deployed is not None:
-        out.update(top1_deployed=correct_dep / total, agreement=agree / total, max_rel_logit_diff=max_diff / max_logit)
-    return out
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=sampler is not None,
+        pin_memory=rt.device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
@@ -207,19 +204,17 @@ def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
-def _log(out: Path, record: dict[str, Any], rt: Runtime) -> None:
-    """Print ``record`` as one JSON line and append it to ``out/log.jsonl`` (rank 0 only)."""
-    if rt.rank == 0:
-        line = json.dumps(record)
-        print(line, flush=True)
-        with open(out / "log.jsonl", "a") as f:
-            f.write(line + "\n")
-
-
 def _settings(args: argparse.Namespace, recipe: Recipe, splits: Splits) -> argparse.Namespace:
     """``args`` with every ``None`` default filled from ``recipe`` and the data; checks the numbers."""
-    for key in ("epochs", "batch_size", "optimizer", "weight_decay", "warmup_epochs", "label_smoothing",
-                "clip_grad"):
+    for key in (
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "weight_decay",
+        "warmup_epochs",
+        "label_smoothing",
+        "clip_grad",
+    ):
         if getattr(args, key) is None:
             setattr(args, key, getattr(recipe, key))
     if args.lr is None:
@@ -229,7 +224,9 @@ def _settings(args: argparse.Namespace, recipe: Recipe, splits: Splits) -> argpa
     args.num_classes = args.num_classes or splits.num_classes
     for key in ("epochs", "batch_size", "num_classes"):
         if getattr(args, key) < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}")
+            raise UsageError(
+                f"--{key.replace('_', '-')} must be a positive integer, got {getattr(args, key)}"
+            )
     if args.num_classes < splits.num_classes:
         raise UsageError(f"--num-classes {args.num_classes}: the data has {splits.num_classes} classes")
     return args
@@ -249,7 +246,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--model-kwargs must be a JSON object, got {args.model_kwargs!r}") from None
     if args.download:
         download_cifar(args.download, Path(args.data))
-    image_size = args.image_size or (224 if args.data != "digits" and (Path(args.data) / "train").is_dir() else 32)
+    image_size = args.image_size or (
+        224 if args.data != "digits" and (Path(args.data) / "train").is_dir() else 32
+    )
     splits = build_splits(args.data, image_size, args.seed)
     args = _settings(args, recipe_for(args.model), splits)
     init_distributed(rt, args.batch_size)
@@ -257,19 +256,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, kwargs = build_model(args.model, args.num_classes, splits.in_channels, image_size, extra)
     train_set = splits.train
     if args.limit_train:
-        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[:args.limit_train]
+        keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[
+            : args.limit_train
+        ]
         train_set = Subset(train_set, keep.sort().values.tolist())
     local_batch = args.batch_size // rt.world
     sampler = ResumableSampler(train_set, rt.world, rt.rank, shuffle=True, seed=args.seed, drop_last=True)
     steps_per_epoch = len(sampler) // local_batch
     if steps_per_epoch == 0:
-        raise UsageError(f"--batch-size {args.batch_size} is larger than the training set ({len(train_set)} images)")
-    val_loader = _loader(Subset(splits.val, range(rt.rank, len(splits.val), rt.world)), local_batch, args.workers, rt)
+        raise UsageError(
+            f"--batch-size {args.batch_size} is larger than the training set ({len(train_set)} images)"
+        )
+    val_loader = _loader(
+        Subset(splits.val, range(rt.rank, len(splits.val), rt.world)), local_batch, args.workers, rt
+    )
 
     model.to(rt.device)
     optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay)
-    scheduler = warmup_cosine(optimizer, args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch),
-                              recipe_for(args.model).warmup_lr, args.lr)
+    scheduler = warmup_cosine(
+        optimizer,
+        args.epochs * steps_per_epoch,
+        round(args.warmup_epochs * steps_per_epoch),
+        recipe_for(args.model).warmup_lr,
+        args.lr,
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16")
     epoch, step, loss_sum = 0, 0, 0.0
     last = args.out / "last.pt"
@@ -285,23 +295,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         epoch, step, loss_sum = ckpt["epoch"], ckpt["step"], ckpt["loss_sum"]
         set_rng_states(ckpt["rng"])
     args.out.mkdir(parents=True, exist_ok=True)
+    if not args.resume and rt.rank == 0:
+        (args.out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
     net: nn.Module = model
     if args.sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if rt.world > 1:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    setup = {"model_name": args.model, "model_kwargs": kwargs, "num_classes": args.num_classes,
-             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    setup = {
+        "model_name": args.model,
+        "model_kwargs": kwargs,
+        "num_classes": args.num_classes,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
 
     def save() -> None:
         if rt.rank == 0:
-            save_atomic({**setup, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                         "step": step, "loss_sum": loss_sum, "rng": rng_states()}, last)
+            save_atomic(
+                {
+                    **setup,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "loss_sum": loss_sum,
+                    "rng": rng_states(),
+                },
+                last,
+            )
 
-    bar = tqdm(total=args.epochs * steps_per_epoch, initial=epoch * steps_per_epoch + step, desc=args.model,
-               dynamic_ncols=True, disable=rt.rank != 0)
+    bar = tqdm(
+        total=args.epochs * steps_per_epoch,
+        initial=epoch * steps_per_epoch + step,
+        desc=args.model,
+        dynamic_ncols=True,
+        disable=rt.rank != 0,
+    )
     while epoch < args.epochs:
         sampler.set_epoch(epoch, step * local_batch)
         if isinstance(splits.train, Augmented):
@@ -311,7 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         start, first_step = time.perf_counter(), step
         for x, y in loader:
             x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-            with _autocast(args.amp, rt.device):
+            with autocast(args.amp, rt.device):
                 loss = loss_fn(net(x), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -329,35 +361,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.kill_after_steps and epoch * steps_per_epoch + step == args.kill_after_steps:
                 os.kill(os.getpid(), signal.SIGKILL)
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "train_loss": reduce_values([loss_sum / step], rt)[0] / rt.world,
-                  **evaluate(model, val_loader, rt, args.amp), "lr": optimizer.param_groups[0]["lr"],
-                  "images_per_s": (step - first_step) * args.batch_size / seconds}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": reduce_values([loss_sum / step], rt)[0] / rt.world,
+            **evaluate(model, val_loader, rt, args.amp),
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": (step - first_step) * args.batch_size / seconds,
+        }
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", top1=f"{record['top1']:.3f}")
         epoch, step, loss_sum = epoch + 1, 0, 0.0
         save()
-        _log(args.out, record, rt)
+        log_record(args.out, record, rt)
     bar.close()
     return finish(model, setup, val_loader, rt, args.out)
-
-
-def finish(model: nn.Module, setup: dict[str, Any], val_loader: DataLoader, rt: Runtime, out: Path) -> dict[str, Any]:
-    """Deploy the trained model, compare it with the training form on the whole validation set (float32),
-    write ``out/deployed.pt`` (it loads strictly into ``create_model(name, deploy=True, num_classes=K,
-    **model_kwargs)``) and log the last JSON line."""
-    plain = create_model(setup["model_name"], num_classes=setup["num_classes"], **setup["model_kwargs"])
-    plain.load_state_dict(model.state_dict())  # a SyncBatchNorm-free copy of the trained weights
-    plain.to(rt.device)
-    deployed = deploy(plain)
-    check = evaluate(plain, val_loader, rt, deployed=deployed)
-    state = {k: v.cpu() for k, v in deployed.state_dict().items()}
-    create_model(setup["model_name"], deploy=True, num_classes=setup["num_classes"],
-                 **setup["model_kwargs"]).load_state_dict(state, strict=True)
-    if rt.rank == 0:
-        save_atomic(state, out / "deployed.pt")
-    record = {"final": True, **check, "model": setup["model_name"], "num_classes": setup["num_classes"],
-              "model_kwargs": setup["model_kwargs"]}
-    _log(out, record, rt)
-    return record
 
 
 def _one_line(err: BaseException) -> str:

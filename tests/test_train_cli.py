@@ -96,14 +96,29 @@ def test_digits_end_to_end_deploys_and_checks(tmp_path):
 
 
 def test_image_folder_end_to_end(image_folder, tmp_path):
-    final = main([*TINY, "--data", str(image_folder), "--image-size", "16", "--epochs", "1", "--batch-size", "4",
-                  "--out", str(tmp_path)])
+    final = main(
+        [
+            *TINY,
+            "--data",
+            str(image_folder),
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert final["num_classes"] == 2 and final["model_kwargs"]["in_channels"] == 3
     assert final["agreement"] == 1.0
 
 
 def test_cifar_end_to_end(cifar_dir, tmp_path):
-    final = main([*TINY, "--data", str(cifar_dir), "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path)])
+    final = main(
+        [*TINY, "--data", str(cifar_dir), "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path)]
+    )
     assert final["num_classes"] == 10 and final["model_kwargs"]["image_size"] == 32
     assert final["agreement"] == 1.0
 
@@ -138,8 +153,14 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     args = [*DIGITS, "--epochs", "2", "--save-every", "3"]
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "repmlp_lite.train", *args, "--out", str(killed),
-                           "--kill-after-steps", "7"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repmlp_lite.train", *args, "--out", str(killed), "--kill-after-steps", "7"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert torch.load(killed / "last.pt", weights_only=False)["step"] == 2  # epoch 2, after step 6 of 8
     main([*args, "--out", str(killed), "--resume"])
@@ -172,9 +193,26 @@ def test_two_processes_of_half_the_batch_equal_one_process(tmp_path):
     args = [*DIGITS, "--limit-train", "16", "--epochs", "1", "--freeze-bn", "--optimizer", "sgd"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "repmlp_lite.train", *args, "--out", str(two)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "repmlp_lite.train",
+            *args,
+            "--out",
+            str(two),
+        ],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = json.loads(proc.stdout.strip().splitlines()[-1])
     assert final["agreement"] == 1.0 and final["top1"] > 0
@@ -184,7 +222,9 @@ def test_two_processes_of_half_the_batch_equal_one_process(tmp_path):
     start = create_model("small_repmlp_resnet", num_classes=10, in_channels=1, image_size=16, width=4, h=4)
     moved = _max_diff(_params(one / "last.pt"), start.state_dict())
     diff = _max_diff(_params(two / "last.pt"), _params(one / "last.pt"))
-    print(f"2 x B/2 vs 1 x B: max |difference| {diff:.3g} (the step moved the parameters by up to {moved:.3g})")
+    print(
+        f"2 x B/2 vs 1 x B: max |difference| {diff:.3g} (the step moved the parameters by up to {moved:.3g})"
+    )
     assert moved > 1e-3 and diff <= 1e-5
 
 
@@ -206,8 +246,9 @@ def test_refuses_bad_data(capsys, tmp_path, image_folder):
     empty = tmp_path / "empty"
     (empty / "train" / "a").mkdir(parents=True)
     (empty / "val" / "a").mkdir(parents=True)
-    assert f"class folder {empty / 'train' / 'a'} holds no image" in _refused(capsys, [*TINY, "--data", str(empty),
-                                                                                   *out])
+    assert f"class folder {empty / 'train' / 'a'} holds no image" in _refused(
+        capsys, [*TINY, "--data", str(empty), *out]
+    )
     broken = tmp_path / "broken"
     for split in ("train", "val"):
         for name in ("a", "b"):
@@ -220,10 +261,14 @@ def test_refuses_bad_data(capsys, tmp_path, image_folder):
 def test_refuses_image_sizes_the_model_cannot_take(capsys, tmp_path):
     out = ["--out", str(tmp_path), "--epochs", "1"]
     err = _refused(capsys, [*DIGITS, "--image-size", "18", *out])
-    assert "image_size=18 must be divisible by 4" in err and "sizes it takes (4 to 64): 4, 8, 16, 32, 48, 64" in err
+    assert (
+        "image_size=18 must be divisible by 4" in err
+        and "sizes it takes (4 to 64): 4, 8, 16, 32, 48, 64" in err
+    )
     narrow = ["--model-kwargs", '{"channels": [4, 8, 16]}']  # Table 1's pure MLP, narrower: quick to build
-    err = _refused(capsys, ["--model", "repmlp_pure_mlp_cifar", *narrow, "--data", "digits", "--image-size", "16",
-                            *out])
+    err = _refused(
+        capsys, ["--model", "repmlp_pure_mlp_cifar", *narrow, "--data", "digits", "--image-size", "16", *out]
+    )
     assert "cannot take 1x16x16 images" in err and "built for 32x32 images" in err
 
 
@@ -232,12 +277,18 @@ def test_refuses_bad_options(capsys, tmp_path, monkeypatch):
     assert "no checkpoint" in _refused(capsys, [*DIGITS, *out, "--resume"])
     assert "unknown name 'resnet9'" in _refused(capsys, ["--model", "resnet9", "--data", "digits", *out])
     if not torch.cuda.is_available():
-        assert "--sync-bn: torch's SyncBatchNorm runs on GPUs only" in _refused(capsys, [*DIGITS, *out, "--sync-bn"])
+        assert "--sync-bn: torch's SyncBatchNorm runs on GPUs only" in _refused(
+            capsys, [*DIGITS, *out, "--sync-bn"]
+        )
         assert "--amp fp16 needs a GPU" in _refused(capsys, [*DIGITS, *out, "--amp", "fp16"])
-    assert "larger than the training set (64 images)" in _refused(capsys, [*DIGITS, *out, "--batch-size", "128"])
+    assert "larger than the training set (64 images)" in _refused(
+        capsys, [*DIGITS, *out, "--batch-size", "128"]
+    )
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert "not divisible by the 3 processes" in _refused(capsys, [*DIGITS, *out])
-    assert "--batch-size 2 is smaller than the 3 processes" in _refused(capsys, [*DIGITS, *out, "--batch-size", "2"])
+    assert "--batch-size 2 is smaller than the 3 processes" in _refused(
+        capsys, [*DIGITS, *out, "--batch-size", "2"]
+    )
 
 
 def test_refuses_a_checkpoint_of_other_shapes(capsys, tmp_path):
@@ -245,9 +296,13 @@ def test_refuses_a_checkpoint_of_other_shapes(capsys, tmp_path):
     main([*DIGITS, *out, "--limit-train", "16"])
     capsys.readouterr()
     wider = ["--model", "small_repmlp_resnet", "--model-kwargs", '{"width": 8, "h": 4}']
-    err = _refused(capsys, [*wider, "--data", "digits", "--image-size", "16", "--batch-size", "16", *out, "--resume"])
+    err = _refused(
+        capsys, [*wider, "--data", "digits", "--image-size", "16", "--batch-size", "16", *out, "--resume"]
+    )
     assert "does not fit the model: key '0.conv.weight' has shape (4, 1, 3, 3), the model (8, 1, 3, 3)" in err
-    err = _refused(capsys, ["--model", "small_repmlpnet", "--data", "digits", "--image-size", "16", *out, "--resume"])
+    err = _refused(
+        capsys, ["--model", "small_repmlpnet", "--data", "digits", "--image-size", "16", *out, "--resume"]
+    )
     assert "is of model 'small_repmlp_resnet', not 'small_repmlpnet'" in err
 
 

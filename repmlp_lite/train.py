@@ -168,7 +168,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--workers", type=int, help="DataLoader workers per process (default: 0 for digits, else 8)"
+        "--workers",
+        type=int,
+        help="DataLoader workers per process (default: 0 for digits, else up to 8 per process)",
     )
     p.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     p.add_argument("--sync-bn", action="store_true", help="BatchNorm -> SyncBatchNorm under DDP (GPUs only)")
@@ -220,7 +222,11 @@ def _settings(args: argparse.Namespace, recipe: Recipe, splits: Splits) -> argpa
     if args.lr is None:
         args.lr = recipe.lr * args.batch_size / recipe.lr_batch
     if args.workers is None:
-        args.workers = 0 if splits.kind == "digits" else min(8, os.cpu_count() or 1)
+        args.workers = (
+            0
+            if splits.kind == "digits"
+            else min(8, max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        )
     args.num_classes = args.num_classes or splits.num_classes
     for key in ("epochs", "batch_size", "num_classes"):
         if getattr(args, key) < 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 import pickle
@@ -31,6 +32,8 @@ from repmlp_lite.datasets import build_splits
 from repmlp_lite.recipe import make_optimizer
 from repmlp_lite.train import parse_args, run
 from repmlp_lite.zoo import create_model
+
+print = functools.partial(print, flush=True)  # progress shows in a redirected file
 
 
 def write_cifar(root: Path, n_train: int = 2000, n_test: int = 200) -> Path:

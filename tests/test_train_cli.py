@@ -28,7 +28,8 @@ TINY = ["--model", "small_repmlp_resnet", "--model-kwargs", '{"width": 4, "h": 4
 DIGITS = [*TINY, "--data", "digits", "--image-size", "16", "--limit-train", "64", "--batch-size", "16"]
 
 
-def _write_png(path: Path, seed: int, size: int = 16) -> None:
+def _write_image(path: Path, seed: int, size: int = 16) -> None:
+    """Random RGB pixels, saved in the format of ``path``'s suffix."""
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size + 4, 3), dtype=np.uint8)  # not square
     Image.fromarray(pixels).save(path)
@@ -36,12 +37,13 @@ def _write_png(path: Path, seed: int, size: int = 16) -> None:
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory) -> Path:
-    """2 classes, 4 training and 2 validation PNGs each (16 x 20 pixels)."""
+    """2 classes, 4 training and 2 validation images each (16 x 20 pixels; PNG and JPEG)."""
     root = tmp_path_factory.mktemp("imagefolder")
     for split, n in (("train", 4), ("val", 2)):
         for c, name in enumerate(("cat", "dog")):
             for i in range(n):
-                _write_png(root / split / name / f"{i}.png", seed=100 * c + 10 * (split == "val") + i)
+                suffix = ".png" if name == "cat" else ".jpg"  # both decoders
+                _write_image(root / split / name / f"{i}{suffix}", seed=100 * c + 10 * (split == "val") + i)
     return root
 
 
@@ -252,7 +254,7 @@ def test_refuses_bad_data(capsys, tmp_path, image_folder):
     broken = tmp_path / "broken"
     for split in ("train", "val"):
         for name in ("a", "b"):
-            _write_png(broken / split / name / "0.png", seed=1)
+            _write_image(broken / split / name / "0.png", seed=1)
     (broken / "train" / "b" / "1.png").write_bytes(b"not a png")
     err = _refused(capsys, [*TINY, "--data", str(broken), "--image-size", "16", "--batch-size", "3", *out])
     assert f"cannot decode image {broken / 'train' / 'b' / '1.png'}" in err

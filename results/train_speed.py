@@ -118,15 +118,20 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average at start "
         f"{os.getloadavg()[0]:.1f}\n"
     )
-    print("| data | command s/step | bare loop s/step | command / bare (median of rounds) |")
-    print("|---|---|---|---|")
+    print(
+        "| data | command s/step | bare loop s/step | command / bare (median of rounds) | ratio per round |"
+    )
+    print("|---|---|---|---|---|")
     for name, data in (("digits", "digits"), ("CIFAR-format, 2,000 random images", cifar)):
         cmd, bare = [], []
         for r in range(a.rounds):
             cmd.append(command_step_s(data, tmp / f"run_{len(name)}_{r}", a.steps, a.batch_size))
             bare.append(bare_step_s(data, a.steps, a.batch_size))
-        ratio = statistics.median(c / b for c, b in zip(cmd, bare))
-        print(f"| {name} | {statistics.median(cmd):.3f} | {statistics.median(bare):.3f} | {ratio:.3f} |")
+        ratios = [c / b for c, b in zip(cmd, bare)]
+        print(
+            f"| {name} | {statistics.median(cmd):.3f} | {statistics.median(bare):.3f} | "
+            f"{statistics.median(ratios):.3f} | {', '.join(f'{r:.2f}' for r in ratios)} |"
+        )
     print("\n| data | loader images/s, 0 workers | 1 worker | 2 workers |")
     print("|---|---|---|---|")
     for name, data in (("digits", "digits"), ("CIFAR-format (pad-crop + flip)", cifar)):

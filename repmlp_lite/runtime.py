@@ -1,0 +1,147 @@
+"""Setting up one process of the training command: its rank and device under torchrun, its shard of the
+data (:class:`ResumableSampler`), sums over processes, and the model built by name for the data's images.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from .zoo import create_model, list_models
+
+
+class UsageError(ValueError):
+    """Bad command-line input: printed as one line, exit status 2 (argparse's)."""
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: its rank among ``world`` processes, and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Rank and world size from torchrun's environment (1 process without it); one device per process."""
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no GPU is visible")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    return Runtime(rank, world, dev)
+
+
+def init_distributed(rt: Runtime, batch_size: int) -> None:
+    """Check that the global ``batch_size`` shards evenly, then join the process group (nccl on GPUs, gloo on
+    CPUs) when there is more than one process."""
+    if batch_size < rt.world:
+        raise UsageError(
+            f"--batch-size {batch_size} is smaller than the {rt.world} processes: each needs an image"
+        )
+    if batch_size % rt.world:
+        raise UsageError(
+            f"--batch-size {batch_size} is not divisible by the {rt.world} processes "
+            "(it is the global batch: each process takes B/N)"
+        )
+    if rt.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if rt.device.type == "cuda" else "gloo")
+
+
+def _sizes_hint(name: str, kwargs: dict[str, Any], num_classes: int, takes_size: bool) -> str:
+    """The image sizes (4 to 64) the model can take, by building and probing it; else its name's size."""
+    if not takes_size:
+        fixed = re.search(r"(\d+)$", name)
+        return (
+            f"; it is built for {fixed.group(1)}x{fixed.group(1)} images"
+            if fixed
+            else ("; it is built for 32x32 images" if "cifar" in name else "")
+        )
+    good = []
+    for size in range(4, 65, 4):
+        try:
+            model = create_model(name, num_classes=num_classes, **{**kwargs, "image_size": size}).eval()
+            with torch.no_grad():
+                model(torch.zeros(1, kwargs.get("in_channels", 3), size, size))
+            good.append(size)
+        except (RuntimeError, ValueError):
+            continue
+    return f"; sizes it takes (4 to 64): {', '.join(map(str, good))}" if good else ""
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, extra: dict[str, Any]
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``create_model(name, num_classes, in_channels=..., image_size=..., **extra)``, dropping the two data
+    keywords a builder does not take; probed on a ``(2, C, S, S)`` batch. Returns the model and its kwargs."""
+    if name not in list_models():
+        raise UsageError(f"--model: unknown name {name!r}; one of {', '.join(list_models())}")
+    kwargs = {"in_channels": in_channels, "image_size": image_size, **extra}
+    auto = {"in_channels", "image_size"} - set(extra)
+    while True:
+        try:
+            model = create_model(name, num_classes=num_classes, **kwargs)
+            break
+        except TypeError as err:
+            dropped = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            if not (dropped and dropped.group(1) in auto and dropped.group(1) in kwargs):
+                raise UsageError(f"--model {name}: {err}") from None
+            del kwargs[dropped.group(1)]
+        except ValueError as err:
+            hint = _sizes_hint(name, kwargs, num_classes, "image_size" in kwargs)
+            raise UsageError(f"--model {name} with --image-size {image_size}: {err}{hint}") from None
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, in_channels, image_size, image_size))
+    except (RuntimeError, ValueError) as err:
+        hint = _sizes_hint(name, kwargs, num_classes, "image_size" in kwargs)
+        first = str(err).strip().splitlines()[0]
+        raise UsageError(
+            f"--model {name} cannot take {in_channels}x{image_size}x{image_size} images ({first}){hint}"
+        ) from None
+    return model.train(), kwargs
+
+
+class ResumableSampler(DistributedSampler):
+    """torch's ``DistributedSampler`` (the permutation from ``seed + epoch``, this rank's shard) that can
+    skip the first ``start`` indices of its shard: a resumed run continues mid-epoch where it stopped."""
+
+    start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def reduce_values(values: list[float], rt: Runtime, op: Any = None) -> list[float]:
+    """Sum (or ``op``) ``values`` over the processes."""
+    if rt.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def autocast(amp: str, device: torch.device) -> Any:
+    """``torch.autocast`` to bfloat16 or float16 on ``device``'s type; ``"off"``: nothing."""
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

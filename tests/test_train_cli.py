@@ -1,0 +1,321 @@
+"""The training command end to end on tiny data the tests write (ImageFolder PNGs, CIFAR batches, the
+digits), exact kill-and-resume, 2 processes x B/2 == 1 process x B under torchrun, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repmlp_lite import create_model
+from repmlp_lite.checkpoint import save_atomic
+from repmlp_lite.datasets import Augmented, cifar_transform, load_cifar, random_resized_crop_box
+from repmlp_lite.train import main
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "small_repmlp_resnet", "--model-kwargs", '{"width": 4, "h": 4}']
+DIGITS = [*TINY, "--data", "digits", "--image-size", "16", "--limit-train", "64", "--batch-size", "16"]
+
+
+def _write_image(path: Path, seed: int, size: int = 16) -> None:
+    """Random RGB pixels, saved in the format of ``path``'s suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size + 4, 3), dtype=np.uint8)  # not square
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """2 classes, 4 training and 2 validation images each (16 x 20 pixels; PNG and JPEG)."""
+    root = tmp_path_factory.mktemp("imagefolder")
+    for split, n in (("train", 4), ("val", 2)):
+        for c, name in enumerate(("cat", "dog")):
+            for i in range(n):
+                suffix = ".png" if name == "cat" else ".jpg"  # both decoders
+                _write_image(root / split / name / f"{i}{suffix}", seed=100 * c + 10 * (split == "val") + i)
+    return root
+
+
+def _cifar_batch(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory) -> Path:
+    """CIFAR-10's published layout, with 16 training and 8 test images of random pixels."""
+    root = tmp_path_factory.mktemp("cifar")
+    batches = root / "cifar-10-batches-py"
+    batches.mkdir()
+    for name, n, seed in (("data_batch_1", 8, 1), ("data_batch_2", 8, 2), ("test_batch", 8, 3)):
+        (batches / name).write_bytes(pickle.dumps(_cifar_batch(n, seed)))
+    (batches / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
+    return root
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _params(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)["model"]
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+
+
+# ---- end to end -------------------------------------------------------------------------------------
+
+
+def test_digits_end_to_end_deploys_and_checks(tmp_path):
+    out = tmp_path / "run"
+    final = main([*DIGITS, "--epochs", "2", "--out", str(out)])
+    log = _log(out)
+    assert [r["epoch"] for r in log[:-1]] == [1, 2] and log[-1] == final
+    for record in log[:-1]:
+        assert {"epoch", "train_loss", "top1", "lr", "images_per_s"} <= record.keys()
+        assert np.isfinite(record["train_loss"]) and record["images_per_s"] > 0
+    assert log[1]["lr"] == 0.0  # the cosine reached its end
+    assert final["agreement"] == 1.0 and final["max_rel_logit_diff"] < 1e-4
+    assert final["top1_deployed"] == pytest.approx(final["top1"], abs=1e-2)
+    assert final["model_kwargs"] == {"in_channels": 1, "image_size": 16, "width": 4, "h": 4}
+    deployed = create_model("small_repmlp_resnet", deploy=True, num_classes=10, **final["model_kwargs"])
+    deployed.load_state_dict(torch.load(out / "deployed.pt"), strict=True)
+    assert not list(out.glob(".*.tmp"))  # no temporary file left by the atomic writes
+
+
+def test_image_folder_end_to_end(image_folder, tmp_path):
+    final = main(
+        [
+            *TINY,
+            "--data",
+            str(image_folder),
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert final["num_classes"] == 2 and final["model_kwargs"]["in_channels"] == 3
+    assert final["agreement"] == 1.0
+
+
+def test_cifar_end_to_end(cifar_dir, tmp_path):
+    final = main(
+        [*TINY, "--data", str(cifar_dir), "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path)]
+    )
+    assert final["num_classes"] == 10 and final["model_kwargs"]["image_size"] == 32
+    assert final["agreement"] == 1.0
+
+
+def test_cifar_reads_the_tar_gz_like_the_folder(cifar_dir, tmp_path):
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(cifar_dir / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    folder, archive = load_cifar(cifar_dir), load_cifar(tmp_path)
+    assert folder[2] == archive[2] == 10
+    for a, b in zip(folder[:2], archive[:2]):
+        assert torch.equal(a.tensors[0], b.tensors[0]) and torch.equal(a.tensors[1], b.tensors[1])
+    assert folder[0].tensors[0].shape == (16, 3, 32, 32) and folder[0].tensors[0].dtype == torch.uint8
+
+
+def test_augmentation_is_seeded_by_epoch_and_index(cifar_dir):
+    train = Augmented(load_cifar(cifar_dir)[0], cifar_transform, train=True, seed=0)
+    first = train[3][0]
+    assert first.shape == (3, 32, 32) and torch.equal(first, train[3][0])
+    train.set_epoch(1)
+    assert not torch.equal(first, train[3][0])
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        left, top, right, bottom = random_resized_crop_box(20, 16, gen)
+        assert 0 <= left < right <= 20 and 0 <= top < bottom <= 16
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+    """SIGKILL at step 7 of 8 (checkpoints every 3 steps: it loses steps 7), resume, compare."""
+    args = [*DIGITS, "--epochs", "2", "--save-every", "3"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "repmlp_lite.train", *args, "--out", str(killed), "--kill-after-steps", "7"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert torch.load(killed / "last.pt", weights_only=False)["step"] == 2  # epoch 2, after step 6 of 8
+    main([*args, "--out", str(killed), "--resume"])
+    straight = tmp_path / "straight"
+    main([*args, "--out", str(straight)])
+    diff = _max_diff(_params(killed / "last.pt"), _params(straight / "last.pt"))
+    print(f"max |resumed - uninterrupted| over all parameters and buffers: {diff:.3g}")
+    assert diff <= 1e-6
+    assert _log(killed)[1] == {**_log(straight)[1], "images_per_s": _log(killed)[1]["images_per_s"]}
+
+
+def test_save_atomic_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "last.pt"
+    save_atomic({"a": 1}, target)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        save_atomic({"a": Unpicklable()}, target)
+    assert torch.load(target) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ---- DDP -------------------------------------------------------------------------------------------
+
+
+def test_two_processes_of_half_the_batch_equal_one_process(tmp_path):
+    """One optimiser step (16 images, batch 16) with frozen BN: torchrun 2 x 8 against 1 x 16."""
+    args = [*DIGITS, "--limit-train", "16", "--epochs", "1", "--freeze-bn", "--optimizer", "sgd"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "repmlp_lite.train",
+            *args,
+            "--out",
+            str(two),
+        ],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert final["agreement"] == 1.0 and final["top1"] > 0
+    one = tmp_path / "one"
+    main([*args, "--out", str(one)])
+    torch.manual_seed(0)  # the command seeds with --seed 0 right before it builds the model
+    start = create_model("small_repmlp_resnet", num_classes=10, in_channels=1, image_size=16, width=4, h=4)
+    moved = _max_diff(_params(one / "last.pt"), start.state_dict())
+    diff = _max_diff(_params(two / "last.pt"), _params(one / "last.pt"))
+    print(
+        f"2 x B/2 vs 1 x B: max |difference| {diff:.3g} (the step moved the parameters by up to {moved:.3g})"
+    )
+    assert moved > 1e-3 and diff <= 1e-5
+
+
+# ---- bad input: one line, exit status 2 ------------------------------------------------------------
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_refuses_bad_data(capsys, tmp_path, image_folder):
+    out = ["--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert "no directory" in _refused(capsys, [*TINY, "--data", str(tmp_path / "nowhere"), *out])
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    (empty / "val" / "a").mkdir(parents=True)
+    assert f"class folder {empty / 'train' / 'a'} holds no image" in _refused(
+        capsys, [*TINY, "--data", str(empty), *out]
+    )
+    broken = tmp_path / "broken"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            _write_image(broken / split / name / "0.png", seed=1)
+    (broken / "train" / "b" / "1.png").write_bytes(b"not a png")
+    err = _refused(capsys, [*TINY, "--data", str(broken), "--image-size", "16", "--batch-size", "3", *out])
+    assert f"cannot decode image {broken / 'train' / 'b' / '1.png'}" in err
+
+
+def test_refuses_image_sizes_the_model_cannot_take(capsys, tmp_path):
+    out = ["--out", str(tmp_path), "--epochs", "1"]
+    err = _refused(capsys, [*DIGITS, "--image-size", "18", *out])
+    assert (
+        "image_size=18 must be divisible by 4" in err
+        and "sizes it takes (4 to 64): 4, 8, 16, 32, 48, 64" in err
+    )
+    narrow = ["--model-kwargs", '{"channels": [4, 8, 16]}']  # Table 1's pure MLP, narrower: quick to build
+    err = _refused(
+        capsys, ["--model", "repmlp_pure_mlp_cifar", *narrow, "--data", "digits", "--image-size", "16", *out]
+    )
+    assert "cannot take 1x16x16 images" in err and "built for 32x32 images" in err
+
+
+def test_refuses_bad_options(capsys, tmp_path, monkeypatch):
+    out = ["--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert "no checkpoint" in _refused(capsys, [*DIGITS, *out, "--resume"])
+    assert "unknown name 'resnet9'" in _refused(capsys, ["--model", "resnet9", "--data", "digits", *out])
+    if not torch.cuda.is_available():
+        assert "--sync-bn: torch's SyncBatchNorm runs on GPUs only" in _refused(
+            capsys, [*DIGITS, *out, "--sync-bn"]
+        )
+        assert "--amp fp16 needs a GPU" in _refused(capsys, [*DIGITS, *out, "--amp", "fp16"])
+    assert "larger than the training set (64 images)" in _refused(
+        capsys, [*DIGITS, *out, "--batch-size", "128"]
+    )
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert "not divisible by the 3 processes" in _refused(capsys, [*DIGITS, *out])
+    assert "--batch-size 2 is smaller than the 3 processes" in _refused(
+        capsys, [*DIGITS, *out, "--batch-size", "2"]
+    )
+
+
+def test_refuses_a_checkpoint_of_other_shapes(capsys, tmp_path):
+    out = ["--out", str(tmp_path), "--epochs", "1"]
+    main([*DIGITS, *out, "--limit-train", "16"])
+    capsys.readouterr()
+    wider = ["--model", "small_repmlp_resnet", "--model-kwargs", '{"width": 8, "h": 4}']
+    err = _refused(
+        capsys, [*wider, "--data", "digits", "--image-size", "16", "--batch-size", "16", *out, "--resume"]
+    )
+    assert "does not fit the model: key '0.conv.weight' has shape (4, 1, 3, 3), the model (8, 1, 3, 3)" in err
+    err = _refused(
+        capsys, ["--model", "small_repmlpnet", "--data", "digits", "--image-size", "16", *out, "--resume"]
+    )
+    assert "is of model 'small_repmlp_resnet', not 'small_repmlpnet'" in err
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    final = main([*DIGITS, "--limit-train", "32", "--epochs", "1", "--amp", "bf16", "--out", str(tmp_path)])
+    assert final["agreement"] > 0.9  # the check itself runs in float32
+
+
+def test_help_lists_the_options_but_not_the_test_hook(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    usage = capsys.readouterr().out
+    assert "--batch-size" in usage and "--resume" in usage and "--kill-after-steps" not in usage

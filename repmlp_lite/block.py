@@ -166,8 +166,8 @@ class RepMLPBlock(nn.Module):
         fc1_fc2_reduction: the FC1 reduction (the authors' name; not the bottleneck's ``r``): FC1's
             hidden size is ``C * (H/h) * (W/w) / fc1_fc2_reduction``.
         reparam_conv_k: odd kernel sizes of the local perceptron's conv branches (may be empty).
-        global_perceptron: build the global perceptron. As in the authors' code (the paper's
-            text draws it always), it is built only when there is more than one partition:
+        global_perceptron: build the global perceptron. As the paper says (Sec. 3.2) and the authors'
+            code does, it is built only when there is more than one partition:
             its job is to let partitions see each other, and a single partition has no other.
 
     Parameters of the deployed form: FC3 has ``O*h*w * C*h*w / g`` weights, against
@@ -277,6 +277,8 @@ class RepMLPBlock(nn.Module):
     @torch.no_grad()
     def merged_fc3(self) -> tuple[torch.Tensor, torch.Tensor]:
         """FC3+BN plus every conv+BN branch as one grouped FC: ``(weight (O*h*w, C*h*w/g), bias (O*h*w,))``.
+
+        The paper's merge: BN absorption (Sec. 3.4, Eq. 16 and 17), each conv as an FC (Sec. 3.3), summed.
 
         Uses the BN running statistics, so it equals the training form in eval mode.
         """

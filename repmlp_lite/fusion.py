@@ -49,7 +49,7 @@ def _fuse_after(
 def fuse_conv_bn(
     weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conv followed by BatchNorm2d as one conv with bias.
+    """Conv followed by BatchNorm2d as one conv with bias (the paper's BN absorption, Sec. 3.4, Eq. 16-17).
 
     Args:
         weight: conv kernel ``(O, C/g, K, K)`` (any K, any groups; a grouped FC is the K = 1 case).

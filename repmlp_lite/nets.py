@@ -1,4 +1,4 @@
-"""The paper's blocks (RepMLP paper, Sec. 4 / Fig. 3 and Appendix A), laid out as in the authors' code.
+"""The paper's blocks (RepMLP paper, Sec. 3.5 / Fig. 4; Appendix A / Fig. 6), laid out as in the authors' code.
 
 * :class:`ConvBNLayer`: a bias-free conv + BN (+ ReLU); :meth:`ConvBNLayer.switch_to_deploy` folds
   the BN into the conv (chapter 3), so a deployed net has no BN left.
@@ -119,7 +119,7 @@ def _repmlp(
 
 
 class RepMLPBottleneck(_Residual):
-    """The RepMLP bottleneck (paper Fig. 3): ``(N, C_in, H, W) -> (N, C_out, H, W)``.
+    """The RepMLP bottleneck (paper, Sec. 3.5 and Fig. 4): ``(N, C_in, H, W) -> (N, C_out, H, W)``.
 
     ``body``: 1x1 conv + BN + ReLU (C_in -> mid), 3x3 conv + BN + ReLU (mid -> mid/r), RepMLP block
     (mid/r -> mid/r, ``h x w`` partitions of the ``H x W`` map), ReLU, 3x3 conv + BN + ReLU
@@ -163,7 +163,7 @@ class RepMLPBottleneck(_Residual):
 
 
 class RepMLPLightBlock(_Residual):
-    """The RepMLP Light block (paper, Appendix A): ``(N, C_in, H, W) -> (N, C_out, H, W)``.
+    """The RepMLP Light block (paper, Appendix A and Fig. 6): ``(N, C_in, H, W) -> (N, C_out, H, W)``.
 
     ``body``: 1x1 conv + BN + ReLU (C_in -> mid), RepMLP block (mid -> mid), ReLU, 1x1 conv + BN
     (mid -> C_out). The paper's Light nets use ``mid = C_out / 8``. Arguments as in

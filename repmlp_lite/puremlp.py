@@ -1,4 +1,4 @@
-"""The pure-MLP network of the paper's Table 1 / Fig. 2 (CIFAR-10, 32x32) and its variants.
+"""The pure-MLP network of the paper's Table 1 / Fig. 3 (CIFAR-10, 32x32) and its variants.
 
 Layout (:func:`pure_mlp`): a stem "FC" (1x1 conv, 3 -> C1) + BN + ReLU, then three stages at 32, 16
 and 8 pixels with C = 16, 32, 64 channels, 2x2 max-pool between them. A stage is

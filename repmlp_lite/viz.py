@@ -701,3 +701,38 @@ def static_partition_explorer(choices: dict[str, Sequence[int]] | None = None) -
     labels = {"H": "map height H", "W": "map width W", "h": "partition h", "w": "partition w"}
     preferred = {"H": 8, "W": 8, "h": 4, "w": 4}
     return static_explorer(choices, labels, picture, preferred, "px", invalid="Not a valid partition")
+
+
+def plot_fc_kernel_terms(
+    terms: Sequence[tuple[str, torch.Tensor]],
+    h: int,
+    w: int,
+    groups: int = 1,
+    width: float = COLUMN_WIDTH_IN,
+) -> Figure:
+    """The terms of a sum of FC kernels side by side, on one colour scale with one colour bar.
+
+    Args:
+        terms: ``(title, kernel)`` pairs, each ``kernel`` a 2-D FC kernel in
+            :func:`~repmlp_lite.conv_as_fc.conv_to_fc`'s layout ``(O*h*w, (C/g)*h*w)``, drawn as
+            :func:`plot_fc_kernel` draws it (zeros white, groups' blocks between thick lines).
+        h, w: the partition size.
+        groups: ``g`` of every kernel.
+        width: the figure's width in inches (the book's column).
+
+    Every panel uses the symmetric range ``[-m, m]`` with ``m`` the largest ``|entry|`` of all
+    terms, so that a small term looks small next to a large one. Returns the figure; raises
+    ``ValueError`` for an empty ``terms``.
+    """
+    if not terms:
+        raise ValueError("terms: give at least one (title, kernel) pair")
+    vmax = max(float(kernel.detach().abs().max()) for _, kernel in terms) or 1.0
+    fig, axes = plt.subplots(
+        1, len(terms), figsize=(width, 0.36 * width), layout="constrained", squeeze=False
+    )
+    for ax, (title, kernel) in zip(axes[0], terms):
+        plot_fc_kernel(kernel, h, w, groups=groups, ax=ax, ticks=False)
+        ax.images[0].set_clim(-vmax, vmax)
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(axes[0, 0].images[0], ax=list(axes[0]), shrink=0.75, label="weight")
+    return fig

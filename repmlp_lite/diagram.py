@@ -471,8 +471,9 @@ def overview_diagram(width: float = COLUMN_WIDTH_IN) -> Figure:
     legend_h = 0.1
     panels = [(0.0, 0.36), (0.365, 0.27), (0.645, 0.355)]
     train, trick, deploy = (fig.add_axes((x, legend_h, w, 1 - legend_h - 0.07)) for x, w in panels)
-    for ax, title in [(train, "(a) training: three perceptrons"), (trick, "(b) conv = FC: the identity trick"),
-                      (deploy, "(c) inference: three FC layers")]:
+    titles = ["(a) training: three perceptrons", "(b) conv = FC: the identity trick",
+              "(c) inference: three FC layers"]
+    for ax, title in zip((train, trick, deploy), titles):
         ax.set_axis_off()
         ax.set_title(title, fontsize=OVERVIEW_FONT_SIZE + 1)
     size = OVERVIEW_FONT_SIZE
@@ -503,7 +504,8 @@ def overview_diagram(width: float = COLUMN_WIDTH_IN) -> Figure:
     kernel = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
     fc = conv_to_fc(kernel, OVERVIEW_SIZE, OVERVIEW_SIZE).numpy()
     matrices = [
-        (0.58, np.eye(n), f"I: the {n} one-hot images\nof a {OVERVIEW_SIZE}×{OVERVIEW_SIZE} partition", "Greys"),
+        (0.58, np.eye(n), f"I: the {n} one-hot images\nof a {OVERVIEW_SIZE}×{OVERVIEW_SIZE} partition",
+         "Greys"),
         (0.07, fc, "CONV(I, F, p), reshaped:\nthe FC kernel W(F, p)", "Reds"),
     ]
     for y0, matrix, label, cmap in matrices:
@@ -534,7 +536,9 @@ def overview_diagram(width: float = COLUMN_WIDTH_IN) -> Figure:
     _arrow(deploy, d_parts, d_fc3)
     _arrow(deploy, d_fc3, d_out)
 
-    handles = [Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in LEGEND.items()]
+    handles = [
+        Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in LEGEND.items()
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=size, frameon=False)
     return fig
 

@@ -18,9 +18,8 @@ import json
 import re
 
 import pytest
-from bs4 import BeautifulSoup
-
 from book_fixtures import CHAPTERS, REPO, page_path
+from bs4 import BeautifulSoup
 
 # A cell draws a figure when it shows one with pyplot or calls a function that returns one.
 FIGURE_CALL = re.compile(

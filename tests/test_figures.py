@@ -122,8 +122,9 @@ def _in_widget(img) -> bool:
 @pytest.mark.parametrize("page", ["book/intro", *CHAPTERS])
 def test_every_picture_is_a_numbered_captioned_figure_with_alt_text(built_book, page):
     soup = BeautifulSoup(page_path(page).read_text(encoding="utf-8"), "html.parser")
-    main = soup.find("main") or soup.body
-    pictures = [img for img in main.find_all("img") if not _in_widget(img)]
+    # The page's own content: the header's launch buttons (the Colab logo) are not figures.
+    content = soup.select_one("article.bd-article") or soup.find("main") or soup.body
+    pictures = [img for img in content.find_all("img") if not _in_widget(img)]
     assert pictures, f"{page}: no picture found"
     for img in pictures:
         figure = img.find_parent("figure")

@@ -5,6 +5,8 @@
   sizes of a given :class:`~repmlp_lite.block.RepMLPBlock`.
 * :func:`partition_diagram`: an ``H x W`` map of numbered pixels cut into ``h x w``
   partitions by :func:`~repmlp_lite.block.partition`, and the stack of partitions it returns.
+* :func:`overview_diagram`: the book's opening figure (the introduction's): the training-time
+  block, the identity trick that turns a conv into an FC kernel, and the merged block.
 
 Every box is a text with a rounded patch sized to it; both carry the same ``gid``
 (e.g. ``"train:fc3"``, ``"deploy:fc3"``) so tests and readers can find a box by name.
@@ -26,6 +28,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle
 
 from ._checks import check_divisible, check_positive
 from .block import RepMLPBlock, partition
+from .conv_as_fc import conv_to_fc
 from .repmlpnet import RepMLPNetBlock
 from .style import COLUMN_WIDTH_IN
 
@@ -46,10 +49,12 @@ LEGEND = {
 }
 
 
-def _box(ax: Axes, gid: str, x: float, y: float, text: str, kind: str) -> FancyBboxPatch:
+def _box(
+    ax: Axes, gid: str, x: float, y: float, text: str, kind: str, fontsize: float = FONT_SIZE
+) -> FancyBboxPatch:
     """Draw ``text`` centred at ``(x, y)`` (axes fraction) in a rounded box of colour ``kind``; return the box."""
     label = ax.text(
-        x, y, text, ha="center", va="center", fontsize=FONT_SIZE, transform=ax.transAxes, zorder=3, gid=gid
+        x, y, text, ha="center", va="center", fontsize=fontsize, transform=ax.transAxes, zorder=3, gid=gid
     )
     fig = ax.figure
     extent = label.get_window_extent(fig.canvas.get_renderer())
@@ -445,3 +450,103 @@ def repmlpnet_block_diagram(block: RepMLPNetBlock, H: int, W: int, width: float 
     handles = [Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in labels.items()]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=FONT_SIZE, frameon=False)
     return fig
+
+
+# ---- the introduction's overview ------------------------------------------------------------------
+
+OVERVIEW_FONT_SIZE = 8.0
+OVERVIEW_SIZE = 4  # the identity trick's example: a 4 x 4 one-channel image, a 3 x 3 kernel
+
+
+def overview_diagram(width: float = COLUMN_WIDTH_IN) -> Figure:
+    """RepMLP in one picture, ``width`` inches wide: (a) the training-time block, (b) the identity
+    trick, (c) the merged block of three FC layers.
+
+    (b) is computed, not drawn by hand: the identity matrix of the ``hw = 16`` one-hot images of a
+    ``4 x 4`` one-channel partition, and the FC kernel :func:`~repmlp_lite.conv_as_fc.conv_to_fc`
+    returns for a ``3 x 3`` kernel with entries ``1 ... 9`` ("same" padding): the conv applied to
+    the identity, reshaped. Boxes carry ``gid`` ``"overview:..."`` like :func:`block_diagram`'s.
+    """
+    fig = plt.figure(figsize=(width, 0.62 * width))
+    legend_h = 0.1
+    panels = [(0.0, 0.36), (0.365, 0.27), (0.645, 0.355)]
+    train, trick, deploy = (fig.add_axes((x, legend_h, w, 1 - legend_h - 0.07)) for x, w in panels)
+    titles = ["(a) training: three perceptrons", "(b) conv = FC: the identity trick",
+              "(c) inference: three FC layers"]
+    for ax, title in zip((train, trick, deploy), titles):
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=OVERVIEW_FONT_SIZE + 1)
+    size = OVERVIEW_FONT_SIZE
+    rows = 9.0
+
+    def box(ax: Axes, gid: str, x: float, row: float, text: str, kind: str) -> FancyBboxPatch:
+        return _box(ax, f"overview:{gid}", x, _row(row, rows), text, kind, fontsize=size)
+
+    # (a) the training-time block
+    x_in = box(train, "train:input", 0.62, 0, "input", "data")
+    gp = box(train, "train:global", 0.2, 1.6, "Global\nPerceptron:\npool, BN,\nFC1, ReLU,\nFC2", "global")
+    add = box(train, "train:add", 0.62, 3.4, "add to each\npartition", "global")
+    parts = box(train, "train:partition", 0.62, 4.5, "partition", "data")
+    fc3 = box(train, "train:fc3", 0.17, 6.0, "FC3\n+ BN", "partition")
+    conv1 = box(train, "train:conv1", 0.5, 6.0, "conv 1×1\n+ BN", "local")
+    conv3 = box(train, "train:conv3", 0.83, 6.0, "conv 3×3\n+ BN", "local")
+    total = box(train, "train:sum", 0.5, 7.5, "sum, unpartition", "data")
+    _arrow(train, x_in, gp, "across-down")
+    _arrow(train, x_in, add)
+    _arrow(train, gp, add, "down-across")
+    _arrow(train, add, parts)
+    for branch in (fc3, conv1, conv3):
+        _arrow(train, parts, branch, "straight")
+        _arrow(train, branch, total, "straight")
+
+    # (b) the identity trick, computed
+    n = OVERVIEW_SIZE * OVERVIEW_SIZE
+    kernel = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    fc = conv_to_fc(kernel, OVERVIEW_SIZE, OVERVIEW_SIZE).numpy()
+    matrices = [
+        (0.58, np.eye(n), f"I: the {n} one-hot images\nof a {OVERVIEW_SIZE}×{OVERVIEW_SIZE} partition",
+         "Greys"),
+        (0.07, fc, "CONV(I, F, p), reshaped:\nthe FC kernel W(F, p)", "Reds"),
+    ]
+    for y0, matrix, label, cmap in matrices:
+        inset = trick.inset_axes((0.2, y0, 0.6, 0.3))
+        inset.imshow(np.ma.masked_equal(matrix, 0.0), cmap=cmap, vmin=0, vmax=matrix.max() * 1.15,
+                     interpolation="nearest")
+        inset.set_xticks([])
+        inset.set_yticks([])
+        inset.set_title(label, fontsize=size - 0.5, pad=3)
+    trick.annotate(
+        "", xy=(0.5, 0.47), xytext=(0.5, 0.55), xycoords="axes fraction",
+        arrowprops={"arrowstyle": "-|>", "color": "#333333", "linewidth": 1.2, "mutation_scale": 11},
+    )
+    trick.text(0.56, 0.51, "conv with\nF (3×3)", fontsize=size - 0.5, va="center", transform=trick.transAxes)
+
+    # (c) the merged block
+    d_in = box(deploy, "deploy:input", 0.62, 0, "input", "data")
+    d_gp = box(deploy, "deploy:global", 0.2, 1.6, "pool,\nFC1 (BN\nfolded in),\nReLU, FC2", "global")
+    d_add = box(deploy, "deploy:add", 0.62, 3.4, "add to each\npartition", "global")
+    d_parts = box(deploy, "deploy:partition", 0.62, 4.5, "partition", "data")
+    d_fc3 = box(deploy, "deploy:fc3", 0.62, 6.0, "FC3 + bias:\nFC3, BNs and the\nconvs' W(F, p) summed",
+                "partition")
+    d_out = box(deploy, "deploy:sum", 0.62, 7.5, "unpartition", "data")
+    _arrow(deploy, d_in, d_gp, "across-down")
+    _arrow(deploy, d_in, d_add)
+    _arrow(deploy, d_gp, d_add, "down-across")
+    _arrow(deploy, d_add, d_parts)
+    _arrow(deploy, d_parts, d_fc3)
+    _arrow(deploy, d_fc3, d_out)
+
+    handles = [
+        Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in LEGEND.items()
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=size, frameon=False)
+    return fig
+
+
+def save_overview(path: str, width: float = COLUMN_WIDTH_IN, dpi: int = 150) -> None:
+    """Write :func:`overview_diagram` to ``path`` (a PNG) with no metadata that changes from run to run."""
+    fig = overview_diagram(width)
+    try:
+        fig.savefig(path, dpi=dpi, metadata={"Software": None})
+    finally:
+        plt.close(fig)

@@ -17,6 +17,7 @@ the explorers that work without a kernel, drawn in advance, in :mod:`repmlp_lite
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import ipywidgets as widgets
@@ -336,22 +337,25 @@ def plot_one_hot_response(
 
 
 def kernel_gallery(
-    kernel_sizes: tuple[int, ...] = (1, 3, 5, 7),
-    groups: tuple[int, ...] = (1, 2, 4),
+    kernel_sizes: tuple[int, ...] = (1, 3, 5),
+    groups: tuple[int, ...] = (1, 2),
     channels: int = 4,
-    h: int = 6,
-    w: int = 6,
+    h: int = 4,
+    w: int = 4,
     seed: int = 0,
 ) -> Figure:
     """A grid of dense FC kernels ``(channels*h*w, channels*h*w)``: one row per ``groups``, one column per ``K``.
 
     Each panel converts a random ``channels -> channels`` conv with "same" padding (so every ``K``
     must be odd and every ``groups`` must divide ``channels``) and is titled with its share of nonzeros.
+    The panels share the column's width; drawn nearest-neighbour, so that at the defaults (64 x 64
+    matrices, three panels a row) every matrix entry is about three pixels wide at the book's
+    resolution and a ``K = 1`` kernel's diagonals stay visible.
     """
     gen = torch.Generator().manual_seed(seed)
     panel = COLUMN_WIDTH_IN / len(kernel_sizes)  # panels share the column's width
     fig, axes = plt.subplots(
-        len(groups), len(kernel_sizes), figsize=(COLUMN_WIDTH_IN, 1.15 * panel * len(groups) + 0.4),
+        len(groups), len(kernel_sizes), figsize=(COLUMN_WIDTH_IN, 1.2 * panel * len(groups) + 0.35),
         squeeze=False, layout="constrained",
     )
     for r, g in enumerate(groups):
@@ -359,8 +363,10 @@ def kernel_gallery(
             stats = sparsity_stats(channels, channels, k, h, w, groups=g)  # validates the combination
             kernel = torch.randn(channels, channels // g, k, k, generator=gen)
             ax = plot_fc_kernel(kernel, h, w, groups=g, ax=axes[r, c], ticks=False)
-            ax.set_title(f"K={k}, groups={g}\n{stats.density:.1%} nonzero", fontsize=9)
-    fig.suptitle(f"FC kernel of a {channels}->{channels}-channel conv on {h}x{w}, 'same' padding (zeros white)")
+            ax.images[0].set_interpolation("nearest")
+            ax.set_title(f"K = {k}, groups = {g}\n{stats.density:.1%} nonzero", fontsize=9)
+    fig.suptitle(f"FC kernel of a random {channels} -> {channels}-channel conv on a {h} x {w} image, "
+                 "'same' padding (zeros white)", fontsize=10)
     return fig
 
 
@@ -430,3 +436,38 @@ def kernel_explorer() -> widgets.VBox:
 
     picture = widgets.interactive_output(draw, controls)
     return widgets.VBox([widgets.HBox([widgets.VBox(rows[:4]), widgets.VBox(rows[4:])]), status, picture])
+
+
+def plot_fc_kernel_terms(
+    terms: Sequence[tuple[str, torch.Tensor]],
+    h: int,
+    w: int,
+    groups: int = 1,
+    width: float = COLUMN_WIDTH_IN,
+) -> Figure:
+    """The terms of a sum of FC kernels side by side, on one colour scale with one colour bar.
+
+    Args:
+        terms: ``(title, kernel)`` pairs, each ``kernel`` a 2-D FC kernel in
+            :func:`~repmlp_lite.conv_as_fc.conv_to_fc`'s layout ``(O*h*w, (C/g)*h*w)``, drawn as
+            :func:`plot_fc_kernel` draws it (zeros white, groups' blocks between thick lines).
+        h, w: the partition size.
+        groups: ``g`` of every kernel.
+        width: the figure's width in inches (the book's column).
+
+    Every panel uses the symmetric range ``[-m, m]`` with ``m`` the largest ``|entry|`` of all
+    terms, so that a small term looks small next to a large one. Returns the figure; raises
+    ``ValueError`` for an empty ``terms``.
+    """
+    if not terms:
+        raise ValueError("terms: give at least one (title, kernel) pair")
+    vmax = max(float(kernel.detach().abs().max()) for _, kernel in terms) or 1.0
+    fig, axes = plt.subplots(
+        1, len(terms), figsize=(width, 0.36 * width), layout="constrained", squeeze=False
+    )
+    for ax, (title, kernel) in zip(axes[0], terms):
+        plot_fc_kernel(kernel, h, w, groups=groups, ax=ax, ticks=False)
+        ax.images[0].set_clim(-vmax, vmax)
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(axes[0, 0].images[0], ax=list(axes[0]), shrink=0.75, label="weight")
+    return fig

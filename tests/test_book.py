@@ -77,6 +77,17 @@ def test_code_lines_fit_the_code_column(chapter):
     assert not long, f"{chapter}: code lines over {CODE_COLUMN} characters:\n" + "\n".join(long)
 
 
+CHAPTER_6_WORDS = 2800  # issue 17: chapter 6 leads with its findings; its prose stays short
+
+
+def test_chapter_6_prose_stays_under_its_word_budget():
+    """Chapter 6's markdown (prose, exercises and all) is under 2,800 words: the engineering behind
+    the fast merged forward lives in the timing appendix, not in the chapter."""
+    cells = json.loads((REPO / "notebooks/06_costs.ipynb").read_text(encoding="utf-8"))["cells"]
+    words = sum(len("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
+    assert 0 < words < CHAPTER_6_WORDS, f"chapter 6 has {words} words of prose (budget {CHAPTER_6_WORDS})"
+
+
 def test_config_executes_offline_with_local_assets():
     config = yaml.safe_load((REPO / "_config.yml").read_text())
     assert config["execute"]["execute_notebooks"] == "force"

@@ -173,6 +173,33 @@ def test_kernel_gallery_grid():
         viz.kernel_gallery(kernel_sizes=(3,), groups=(3,), channels=4)
 
 
+def test_kernel_gallery_defaults_draw_entries_nearest_and_at_least_three_pixels_wide():
+    """The book's gallery: every matrix entry a few screen pixels wide at the column's 100 dpi."""
+    fig = viz.kernel_gallery()
+    fig.canvas.draw()
+    for ax in fig.axes:
+        image = ax.images[0]
+        assert image.get_interpolation() == "nearest"
+        entries = image.get_array().shape[1]
+        assert ax.get_window_extent().width * 100 / fig.dpi / entries >= 2.8
+    plt.close(fig)
+
+
+def test_fc_kernel_terms_share_one_colour_scale_and_one_colour_bar():
+    small = torch.full((4, 4), 0.1) * torch.eye(4)
+    large = torch.randn(4, 4) * 10
+    fig = viz.plot_fc_kernel_terms([("small", small), ("large", large)], 2, 2)
+    panels = [ax for ax in fig.axes if ax.images]
+    limits = {ax.images[0].get_clim() for ax in panels}
+    top = float(large.abs().max())
+    assert limits == {(-top, top)}, "every term on the same symmetric scale"
+    assert len(fig.axes) == len(panels) + 1, "one colour bar for all terms"
+    assert [ax.get_title() for ax in panels] == ["small", "large"]
+    with pytest.raises(ValueError, match="terms"):
+        viz.plot_fc_kernel_terms([], 2, 2)
+    plt.close(fig)
+
+
 # --- the explorer ----------------------------------------------------------------------------
 
 

@@ -1,12 +1,10 @@
-"""Figures of chapter 4: the RepMLP block's data flow, and how a feature map is cut into partitions.
+"""Figures of chapters 4 and 7: the blocks' data flow, and how a feature map is cut into partitions.
 
 * :func:`block_diagram`: the training-time block (global, partition and local perceptrons)
   above its inference-time form (FC1, FC2, one FC3), one column wide, every box labelled with the real
   sizes of a given :class:`~repmlp_lite.block.RepMLPBlock`.
 * :func:`partition_diagram`: an ``H x W`` map of numbered pixels cut into ``h x w``
   partitions by :func:`~repmlp_lite.block.partition`, and the stack of partitions it returns.
-* :func:`overview_diagram`: the book's opening figure (the introduction's): the training-time
-  block, the identity trick that turns a conv into an FC kernel, and the merged block.
 
 Every box is a text with a rounded patch sized to it; both carry the same ``gid``
 (e.g. ``"train:fc3"``, ``"deploy:fc3"``) so tests and readers can find a box by name.
@@ -28,7 +26,6 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle
 
 from ._checks import check_divisible, check_positive
 from .block import RepMLPBlock, partition
-from .conv_as_fc import conv_to_fc
 from .repmlpnet import RepMLPNetBlock
 from .style import COLUMN_WIDTH_IN
 
@@ -49,7 +46,7 @@ LEGEND = {
 }
 
 
-def _box(
+def draw_box(
     ax: Axes, gid: str, x: float, y: float, text: str, kind: str, fontsize: float = FONT_SIZE
 ) -> FancyBboxPatch:
     """Draw ``text`` centred at ``(x, y)`` (axes fraction) in a rounded box of colour ``kind``; return the box."""
@@ -77,7 +74,7 @@ def _box(
     return box
 
 
-def _arrow(ax: Axes, start: FancyBboxPatch, end: FancyBboxPatch, route: str = "straight") -> None:
+def draw_arrow(ax: Axes, start: FancyBboxPatch, end: FancyBboxPatch, route: str = "straight") -> None:
     """An arrow from the centre of ``start`` to the centre of ``end``, clipped at both boxes' borders.
 
     ``route`` is ``"straight"``, ``"across-down"`` (leave sideways, turn down into ``end``) or
@@ -111,7 +108,7 @@ def _arrow(ax: Axes, start: FancyBboxPatch, end: FancyBboxPatch, route: str = "s
     )
 
 
-def _row(i: float, rows: float = 12.8) -> float:
+def grid_row(i: float, rows: float = 12.8) -> float:
     """The y position (axes fraction) of row ``i`` of ``rows``, row 0 at the top."""
     return 1.0 - (i + 0.5) / rows
 
@@ -126,11 +123,11 @@ def _draw_training(ax: Axes, block: RepMLPBlock) -> None:
     C, O, H, W, h, w, g = block.in_channels, block.out_channels, block.H, block.W, block.h, block.w, block.groups
     hp, wp = H // h, W // w
     main_x, global_x = 0.56, 0.2
-    x_in = _box(ax, "train:input", main_x, _row(0), f"input x\n(N, C, H, W) = (N, {C}, {H}, {W})", "data")
+    x_in = draw_box(ax, "train:input", main_x, grid_row(0), f"input x\n(N, C, H, W) = (N, {C}, {H}, {W})", "data")
 
     gp = block.global_perceptron
     if gp is None:
-        _box(ax, "train:no_global", global_x, _row(3), "no global perceptron:\none partition (H×W = h×w)", "global")
+        draw_box(ax, "train:no_global", global_x, grid_row(3), "no global perceptron:\none partition (H×W = h×w)", "global")
         above_partition = x_in
     else:
         steps = [
@@ -145,39 +142,39 @@ def _draw_training(ax: Axes, block: RepMLPBlock) -> None:
         ]
         previous = x_in
         for row, (gid, text) in enumerate(steps, start=1):
-            current = _box(ax, gid, global_x, _row(row), text, "global")
-            _arrow(ax, previous, current, "across-down" if previous is x_in else "straight")
+            current = draw_box(ax, gid, global_x, grid_row(row), text, "global")
+            draw_arrow(ax, previous, current, "across-down" if previous is x_in else "straight")
             previous = current
-        add = _box(ax, "train:add", main_x, _row(6), "add: each partition's value\nto all its h×w pixels", "global")
-        _arrow(ax, x_in, add)
-        _arrow(ax, previous, add, "down-across")
+        add = draw_box(ax, "train:add", main_x, grid_row(6), "add: each partition's value\nto all its h×w pixels", "global")
+        draw_arrow(ax, x_in, add)
+        draw_arrow(ax, previous, add, "down-across")
         above_partition = add
 
-    parts = _box(
-        ax, "train:partition", main_x, _row(7), f"partition\n→ (N·{hp * wp}, {C}, {h}, {w})", "data"
+    parts = draw_box(
+        ax, "train:partition", main_x, grid_row(7), f"partition\n→ (N·{hp * wp}, {C}, {h}, {w})", "data"
     )
-    _arrow(ax, above_partition, parts)
+    draw_arrow(ax, above_partition, parts)
 
     kernels = _kernel_sizes(block)
     xs = np.linspace(0.0, 1.0, 2 * (1 + len(kernels)) + 1)[1::2]
     fc3_text = f"FC3, g = {g}\nC·h·w = {C * h * w} →\nO·h·w = {O * h * w}"
-    fc3 = _box(ax, "train:fc3", xs[0], _row(8), fc3_text, "partition")
-    fc3_bn = _box(ax, "train:fc3_bn", xs[0], _row(9.3), f"BN1d({O * h * w})", "partition")
-    _arrow(ax, parts, fc3, "across-down")
-    _arrow(ax, fc3, fc3_bn)
+    fc3 = draw_box(ax, "train:fc3", xs[0], grid_row(8), fc3_text, "partition")
+    fc3_bn = draw_box(ax, "train:fc3_bn", xs[0], grid_row(9.3), f"BN1d({O * h * w})", "partition")
+    draw_arrow(ax, parts, fc3, "across-down")
+    draw_arrow(ax, fc3, fc3_bn)
     branch_ends = [fc3_bn]
     for x, k in zip(xs[1:], kernels):
-        conv = _box(ax, f"train:conv{k}", x, _row(8), f"conv {k}×{k}\ng = {g}, pad {k // 2}\n{C} → {O} ch", "local")
-        bn = _box(ax, f"train:conv{k}_bn", x, _row(9.3), f"BN2d({O})", "local")
-        _arrow(ax, parts, conv, "across-down")
-        _arrow(ax, conv, bn)
+        conv = draw_box(ax, f"train:conv{k}", x, grid_row(8), f"conv {k}×{k}\ng = {g}, pad {k // 2}\n{C} → {O} ch", "local")
+        bn = draw_box(ax, f"train:conv{k}_bn", x, grid_row(9.3), f"BN2d({O})", "local")
+        draw_arrow(ax, parts, conv, "across-down")
+        draw_arrow(ax, conv, bn)
         branch_ends.append(bn)
 
-    total = _box(ax, "train:sum", main_x, _row(10.5), f"sum → (N·{hp * wp}, {O}, {h}, {w})", "data")
+    total = draw_box(ax, "train:sum", main_x, grid_row(10.5), f"sum → (N·{hp * wp}, {O}, {h}, {w})", "data")
     for end in branch_ends:
-        _arrow(ax, end, total, "down-across")
-    out = _box(ax, "train:output", main_x, _row(11.6), f"unpartition → (N, {O}, {H}, {W})", "data")
-    _arrow(ax, total, out)
+        draw_arrow(ax, end, total, "down-across")
+    out = draw_box(ax, "train:output", main_x, grid_row(11.6), f"unpartition → (N, {O}, {H}, {W})", "data")
+    draw_arrow(ax, total, out)
 
 
 def _draw_deployed(ax: Axes, block: RepMLPBlock) -> None:
@@ -185,7 +182,7 @@ def _draw_deployed(ax: Axes, block: RepMLPBlock) -> None:
     C, O, H, W, h, w, g = block.in_channels, block.out_channels, block.H, block.W, block.h, block.w, block.groups
     hp, wp = H // h, W // w
     main_x, global_x = 0.68, 0.22
-    x_in = _box(ax, "deploy:input", main_x, _row(0), f"input x\n(N, {C}, {H}, {W})", "data")
+    x_in = draw_box(ax, "deploy:input", main_x, grid_row(0), f"input x\n(N, {C}, {H}, {W})", "data")
 
     gp = block.global_perceptron
     if gp is None:
@@ -199,28 +196,28 @@ def _draw_deployed(ax: Axes, block: RepMLPBlock) -> None:
         ]
         previous = x_in
         for row, (gid, text) in zip((1, 3, 4, 5), steps):
-            current = _box(ax, gid, global_x, _row(row), text, "global")
-            _arrow(ax, previous, current, "across-down" if previous is x_in else "straight")
+            current = draw_box(ax, gid, global_x, grid_row(row), text, "global")
+            draw_arrow(ax, previous, current, "across-down" if previous is x_in else "straight")
             previous = current
-        add = _box(ax, "deploy:add", main_x, _row(6), "add to each\npartition", "global")
-        _arrow(ax, x_in, add)
-        _arrow(ax, previous, add, "down-across")
+        add = draw_box(ax, "deploy:add", main_x, grid_row(6), "add to each\npartition", "global")
+        draw_arrow(ax, x_in, add)
+        draw_arrow(ax, previous, add, "down-across")
         above_partition = add
 
-    parts = _box(ax, "deploy:partition", main_x, _row(7), f"partition\n→ (N·{hp * wp}, {C}, {h}, {w})", "data")
-    _arrow(ax, above_partition, parts)
+    parts = draw_box(ax, "deploy:partition", main_x, grid_row(7), f"partition\n→ (N·{hp * wp}, {C}, {h}, {w})", "data")
+    draw_arrow(ax, above_partition, parts)
     rows, cols = block.fc3.weight.shape
-    fc3 = _box(
+    fc3 = draw_box(
         ax,
         "deploy:fc3",
         main_x,
-        _row(8.9),
+        grid_row(8.9),
         f"FC3 + bias (merged), g = {g}\n{C * h * w} → {O * h * w}\nweight ({rows}, {cols})",
         "partition",
     )
-    _arrow(ax, parts, fc3)
-    out = _box(ax, "deploy:output", main_x, _row(11.6), f"unpartition\n→ (N, {O}, {H}, {W})", "data")
-    _arrow(ax, fc3, out)
+    draw_arrow(ax, parts, fc3)
+    out = draw_box(ax, "deploy:output", main_x, grid_row(11.6), f"unpartition\n→ (N, {O}, {H}, {W})", "data")
+    draw_arrow(ax, fc3, out)
 
 
 def block_diagram(block: RepMLPBlock) -> Figure:
@@ -373,39 +370,39 @@ def _draw_net_training(ax: Axes, block: RepMLPNetBlock, H: int, W: int) -> None:
     C, S, h, w, P, hidden = _net_block_sizes(block, H, W)
     rows = 9.0
     main_x, gate_x = 0.62, 0.13
-    x_in = _box(ax, "net:input", main_x, _row(0, rows), f"input (N, {C}, {H}, {W})", "data")
-    pool = _box(ax, "net:pool", gate_x, _row(1, rows), f"avg pool\n→ (N, {C}, 1, 1)", "global")
-    fc1 = _box(ax, "net:fc1", gate_x, _row(2.3, rows), f"FC1 {C}→{hidden}\nReLU", "global")
-    fc2 = _box(ax, "net:fc2", gate_x, _row(3.6, rows), f"FC2 {hidden}→{C}\nsigmoid", "global")
-    _arrow(ax, x_in, pool, "across-down")
-    _arrow(ax, pool, fc1)
-    _arrow(ax, fc1, fc2)
-    parts = _box(
-        ax, "net:partition", main_x, _row(1.2, rows),
+    x_in = draw_box(ax, "net:input", main_x, grid_row(0, rows), f"input (N, {C}, {H}, {W})", "data")
+    pool = draw_box(ax, "net:pool", gate_x, grid_row(1, rows), f"avg pool\n→ (N, {C}, 1, 1)", "global")
+    fc1 = draw_box(ax, "net:fc1", gate_x, grid_row(2.3, rows), f"FC1 {C}→{hidden}\nReLU", "global")
+    fc2 = draw_box(ax, "net:fc2", gate_x, grid_row(3.6, rows), f"FC2 {hidden}→{C}\nsigmoid", "global")
+    draw_arrow(ax, x_in, pool, "across-down")
+    draw_arrow(ax, pool, fc1)
+    draw_arrow(ax, fc1, fc2)
+    parts = draw_box(
+        ax, "net:partition", main_x, grid_row(1.2, rows),
         f"partition, C into sets\n→ (N·{P}·{C // S}, S={S}, {h}, {w})", "data",
     )
-    _arrow(ax, x_in, parts)
+    draw_arrow(ax, x_in, parts)
     kernels = [branch.conv.kernel_size[0] for branch in block.local_perceptron.values()]
     xs = np.linspace(0.30, 0.98, 2 * (1 + len(kernels)) + 1)[1::2]
-    fc3 = _box(ax, "net:fc3", xs[0], _row(2.7, rows), f"FC3: {S} FCs\n{h * w}→{h * w}", "partition")
-    fc3_bn = _box(ax, "net:fc3_bn", xs[0], _row(4.0, rows), f"BN({S})", "partition")
-    _arrow(ax, parts, fc3, "down-across" if len(kernels) == 0 else "across-down")
-    _arrow(ax, fc3, fc3_bn)
+    fc3 = draw_box(ax, "net:fc3", xs[0], grid_row(2.7, rows), f"FC3: {S} FCs\n{h * w}→{h * w}", "partition")
+    fc3_bn = draw_box(ax, "net:fc3_bn", xs[0], grid_row(4.0, rows), f"BN({S})", "partition")
+    draw_arrow(ax, parts, fc3, "down-across" if len(kernels) == 0 else "across-down")
+    draw_arrow(ax, fc3, fc3_bn)
     ends = [fc3_bn]
     for x, k in zip(xs[1:], kernels):
-        conv = _box(ax, f"net:conv{k}", x, _row(2.7, rows), f"conv {k}×{k}\ngroups {S}", "local")
-        bn = _box(ax, f"net:conv{k}_bn", x, _row(4.0, rows), f"BN({S})", "local")
-        _arrow(ax, parts, conv, "across-down")
-        _arrow(ax, conv, bn)
+        conv = draw_box(ax, f"net:conv{k}", x, grid_row(2.7, rows), f"conv {k}×{k}\ngroups {S}", "local")
+        bn = draw_box(ax, f"net:conv{k}_bn", x, grid_row(4.0, rows), f"BN({S})", "local")
+        draw_arrow(ax, parts, conv, "across-down")
+        draw_arrow(ax, conv, bn)
         ends.append(bn)
-    total = _box(ax, "net:sum", main_x, _row(5.3, rows), "sum", "data")
+    total = draw_box(ax, "net:sum", main_x, grid_row(5.3, rows), "sum", "data")
     for end in ends:
-        _arrow(ax, end, total, "down-across")
-    out = _box(ax, "net:unpartition", main_x, _row(6.5, rows), f"unpartition → (N, {C}, {H}, {W})", "data")
-    _arrow(ax, total, out)
-    gated = _box(ax, "net:multiply", main_x, _row(7.8, rows), "× gate (per channel)", "global")
-    _arrow(ax, out, gated)
-    _arrow(ax, fc2, gated, "down-across")
+        draw_arrow(ax, end, total, "down-across")
+    out = draw_box(ax, "net:unpartition", main_x, grid_row(6.5, rows), f"unpartition → (N, {C}, {H}, {W})", "data")
+    draw_arrow(ax, total, out)
+    gated = draw_box(ax, "net:multiply", main_x, grid_row(7.8, rows), "× gate (per channel)", "global")
+    draw_arrow(ax, out, gated)
+    draw_arrow(ax, fc2, gated, "down-across")
 
 
 def _draw_net_deployed(ax: Axes, block: RepMLPNetBlock, H: int, W: int) -> None:
@@ -413,18 +410,18 @@ def _draw_net_deployed(ax: Axes, block: RepMLPNetBlock, H: int, W: int) -> None:
     C, S, h, w, P, hidden = _net_block_sizes(block, H, W)
     rows = 9.0
     main_x, gate_x = 0.68, 0.2
-    x_in = _box(ax, "netdeploy:input", main_x, _row(0, rows), f"input\n(N, {C}, {H}, {W})", "data")
-    gate = _box(ax, "netdeploy:gate", gate_x, _row(2.3, rows), "pool,\nFC1, ReLU,\nFC2,\nsigmoid", "global")
-    _arrow(ax, x_in, gate, "across-down")
-    parts = _box(ax, "netdeploy:partition", main_x, _row(1.4, rows), "partition", "data")
-    _arrow(ax, x_in, parts)
-    fc3 = _box(ax, "netdeploy:fc3", main_x, _row(3.4, rows), f"FC3 + bias\n{S} FCs\n{h * w}→{h * w}", "partition")
-    _arrow(ax, parts, fc3)
-    out = _box(ax, "netdeploy:unpartition", main_x, _row(6.5, rows), "unpartition", "data")
-    _arrow(ax, fc3, out)
-    gated = _box(ax, "netdeploy:multiply", main_x, _row(7.8, rows), "× gate", "global")
-    _arrow(ax, out, gated)
-    _arrow(ax, gate, gated, "down-across")
+    x_in = draw_box(ax, "netdeploy:input", main_x, grid_row(0, rows), f"input\n(N, {C}, {H}, {W})", "data")
+    gate = draw_box(ax, "netdeploy:gate", gate_x, grid_row(2.3, rows), "pool,\nFC1, ReLU,\nFC2,\nsigmoid", "global")
+    draw_arrow(ax, x_in, gate, "across-down")
+    parts = draw_box(ax, "netdeploy:partition", main_x, grid_row(1.4, rows), "partition", "data")
+    draw_arrow(ax, x_in, parts)
+    fc3 = draw_box(ax, "netdeploy:fc3", main_x, grid_row(3.4, rows), f"FC3 + bias\n{S} FCs\n{h * w}→{h * w}", "partition")
+    draw_arrow(ax, parts, fc3)
+    out = draw_box(ax, "netdeploy:unpartition", main_x, grid_row(6.5, rows), "unpartition", "data")
+    draw_arrow(ax, fc3, out)
+    gated = draw_box(ax, "netdeploy:multiply", main_x, grid_row(7.8, rows), "× gate", "global")
+    draw_arrow(ax, out, gated)
+    draw_arrow(ax, gate, gated, "down-across")
 
 
 def repmlpnet_block_diagram(block: RepMLPNetBlock, H: int, W: int, width: float = COLUMN_WIDTH_IN) -> Figure:
@@ -450,103 +447,3 @@ def repmlpnet_block_diagram(block: RepMLPNetBlock, H: int, W: int, width: float 
     handles = [Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in labels.items()]
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=FONT_SIZE, frameon=False)
     return fig
-
-
-# ---- the introduction's overview ------------------------------------------------------------------
-
-OVERVIEW_FONT_SIZE = 8.0
-OVERVIEW_SIZE = 4  # the identity trick's example: a 4 x 4 one-channel image, a 3 x 3 kernel
-
-
-def overview_diagram(width: float = COLUMN_WIDTH_IN) -> Figure:
-    """RepMLP in one picture, ``width`` inches wide: (a) the training-time block, (b) the identity
-    trick, (c) the merged block of three FC layers.
-
-    (b) is computed, not drawn by hand: the identity matrix of the ``hw = 16`` one-hot images of a
-    ``4 x 4`` one-channel partition, and the FC kernel :func:`~repmlp_lite.conv_as_fc.conv_to_fc`
-    returns for a ``3 x 3`` kernel with entries ``1 ... 9`` ("same" padding): the conv applied to
-    the identity, reshaped. Boxes carry ``gid`` ``"overview:..."`` like :func:`block_diagram`'s.
-    """
-    fig = plt.figure(figsize=(width, 0.62 * width))
-    legend_h = 0.1
-    panels = [(0.0, 0.36), (0.365, 0.27), (0.645, 0.355)]
-    train, trick, deploy = (fig.add_axes((x, legend_h, w, 1 - legend_h - 0.07)) for x, w in panels)
-    titles = ["(a) training: three perceptrons", "(b) conv = FC: the identity trick",
-              "(c) inference: three FC layers"]
-    for ax, title in zip((train, trick, deploy), titles):
-        ax.set_axis_off()
-        ax.set_title(title, fontsize=OVERVIEW_FONT_SIZE + 1)
-    size = OVERVIEW_FONT_SIZE
-    rows = 9.0
-
-    def box(ax: Axes, gid: str, x: float, row: float, text: str, kind: str) -> FancyBboxPatch:
-        return _box(ax, f"overview:{gid}", x, _row(row, rows), text, kind, fontsize=size)
-
-    # (a) the training-time block
-    x_in = box(train, "train:input", 0.62, 0, "input", "data")
-    gp = box(train, "train:global", 0.2, 1.6, "Global\nPerceptron:\npool, BN,\nFC1, ReLU,\nFC2", "global")
-    add = box(train, "train:add", 0.62, 3.4, "add to each\npartition", "global")
-    parts = box(train, "train:partition", 0.62, 4.5, "partition", "data")
-    fc3 = box(train, "train:fc3", 0.17, 6.0, "FC3\n+ BN", "partition")
-    conv1 = box(train, "train:conv1", 0.5, 6.0, "conv 1×1\n+ BN", "local")
-    conv3 = box(train, "train:conv3", 0.83, 6.0, "conv 3×3\n+ BN", "local")
-    total = box(train, "train:sum", 0.5, 7.5, "sum, unpartition", "data")
-    _arrow(train, x_in, gp, "across-down")
-    _arrow(train, x_in, add)
-    _arrow(train, gp, add, "down-across")
-    _arrow(train, add, parts)
-    for branch in (fc3, conv1, conv3):
-        _arrow(train, parts, branch, "straight")
-        _arrow(train, branch, total, "straight")
-
-    # (b) the identity trick, computed
-    n = OVERVIEW_SIZE * OVERVIEW_SIZE
-    kernel = torch.arange(1.0, 10.0).reshape(1, 1, 3, 3)
-    fc = conv_to_fc(kernel, OVERVIEW_SIZE, OVERVIEW_SIZE).numpy()
-    matrices = [
-        (0.58, np.eye(n), f"I: the {n} one-hot images\nof a {OVERVIEW_SIZE}×{OVERVIEW_SIZE} partition",
-         "Greys"),
-        (0.07, fc, "CONV(I, F, p), reshaped:\nthe FC kernel W(F, p)", "Reds"),
-    ]
-    for y0, matrix, label, cmap in matrices:
-        inset = trick.inset_axes((0.2, y0, 0.6, 0.3))
-        inset.imshow(np.ma.masked_equal(matrix, 0.0), cmap=cmap, vmin=0, vmax=matrix.max() * 1.15,
-                     interpolation="nearest")
-        inset.set_xticks([])
-        inset.set_yticks([])
-        inset.set_title(label, fontsize=size - 0.5, pad=3)
-    trick.annotate(
-        "", xy=(0.5, 0.47), xytext=(0.5, 0.55), xycoords="axes fraction",
-        arrowprops={"arrowstyle": "-|>", "color": "#333333", "linewidth": 1.2, "mutation_scale": 11},
-    )
-    trick.text(0.56, 0.51, "conv with\nF (3×3)", fontsize=size - 0.5, va="center", transform=trick.transAxes)
-
-    # (c) the merged block
-    d_in = box(deploy, "deploy:input", 0.62, 0, "input", "data")
-    d_gp = box(deploy, "deploy:global", 0.2, 1.6, "pool,\nFC1 (BN\nfolded in),\nReLU, FC2", "global")
-    d_add = box(deploy, "deploy:add", 0.62, 3.4, "add to each\npartition", "global")
-    d_parts = box(deploy, "deploy:partition", 0.62, 4.5, "partition", "data")
-    d_fc3 = box(deploy, "deploy:fc3", 0.62, 6.0, "FC3 + bias:\nFC3, BNs and the\nconvs' W(F, p) summed",
-                "partition")
-    d_out = box(deploy, "deploy:sum", 0.62, 7.5, "unpartition", "data")
-    _arrow(deploy, d_in, d_gp, "across-down")
-    _arrow(deploy, d_in, d_add)
-    _arrow(deploy, d_gp, d_add, "down-across")
-    _arrow(deploy, d_add, d_parts)
-    _arrow(deploy, d_parts, d_fc3)
-    _arrow(deploy, d_fc3, d_out)
-
-    handles = [
-        Patch(facecolor=COLORS[kind], edgecolor="#555555", label=label) for kind, label in LEGEND.items()
-    ]
-    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=size, frameon=False)
-    return fig
-
-
-def save_overview(path: str, width: float = COLUMN_WIDTH_IN, dpi: int = 150) -> None:
-    """Write :func:`overview_diagram` to ``path`` (a PNG) with no metadata that changes from run to run."""
-    fig = overview_diagram(width)
-    try:
-        fig.savefig(path, dpi=dpi, metadata={"Software": None})
-    finally:
-        plt.close(fig)

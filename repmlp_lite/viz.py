@@ -13,6 +13,7 @@ separate channels and thick black lines separate groups.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import io
@@ -25,7 +26,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython.display import Image, clear_output, display
+from IPython.display import HTML, Image, clear_output, display
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -33,6 +34,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image as PILImage
 
 from ._checks import check_divisible, check_positive
+from .book import static_page
 from .conv_as_fc import conv_output_size, conv_to_fc, grouped_to_dense
 
 # ipywidgets 8 has Stack and HTMLStyle; ipywidgets 7 (still the default in some hosted notebooks)
@@ -448,12 +450,15 @@ def _png(fig: Figure, colors: int | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def kernel_explorer() -> widgets.VBox:
+def kernel_explorer() -> widgets.VBox | HTML:
     """Sliders for ``K``, padding, groups, ``h``, ``w``, ``C`` and ``O`` that redraw the FC kernel live.
 
     Layout: the controls, a status line (the counts of :class:`SparsityStats`, or the package's
     ``ValueError`` message when the combination is invalid), then the picture of :func:`explorer_figure`.
     The picture is a PNG, so it shows with any matplotlib backend and is kept in a saved notebook.
+
+    For the HTML book (:func:`repmlp_lite.book.static_page`), where sliders could not move, it returns
+    instead the picture of the default settings with its counts and a line saying where to run it.
     """
     def slider(value: int, low: int, high: int) -> widgets.IntSlider:
         return widgets.IntSlider(value=value, min=low, max=high, continuous_update=False)
@@ -475,6 +480,17 @@ def kernel_explorer() -> widgets.VBox:
         widgets.HBox([widgets.HTML(name, layout=widgets.Layout(width="70px")), control])
         for name, control in zip(names, controls.values())
     ]
+    if static_page():
+        defaults = {name: control.value for name, control in controls.items() if name != "padding"}
+        fig, stats = explorer_figure(padding=None, **defaults)
+        png = base64.b64encode(_png(fig)).decode("ascii")
+        return HTML(
+            '<p class="needs-kernel"><b>A live explorer</b>: its sliders redraw the picture with Python, '
+            "so they need a running kernel: open this chapter in JupyterLab or Colab. Below, its picture "
+            f"for the default settings.</p><p>{html.escape(stats.summary())}</p>"
+            f'<img src="data:image/png;base64,{png}" alt="The FC kernel of a random conv with the '
+            f'explorer\'s default settings: {html.escape(fig.axes[0].get_title())}">'
+        )
     status = widgets.HTML()
 
     def draw(padding: str, **settings: int) -> None:

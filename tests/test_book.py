@@ -83,6 +83,7 @@ def test_config_executes_offline_with_local_assets():
     assert config["execute"]["execute_notebooks"] == "force"
     assert config["execute"]["allow_errors"] is False
     sphinx = config["sphinx"]["config"]
+    assert sphinx["nb_execution_mode"] == "inline", "the prose's {eval} roles need inline execution"
     assert not sphinx.get("intersphinx_mapping"), "intersphinx fetches inventories over the network"
     assert "://" not in sphinx["mathjax_path"], "MathJax must come from the local copy"
     assert all("://" not in path for path in sphinx["nb_ipywidgets_js"]), "widget scripts must be local"

@@ -62,7 +62,8 @@ def install_cell(url: str) -> str:
     """Every chapter's first code cell: installs the package with the book's extras from ``url``."""
     return (
         f"{INSTALL_MARKER} and the book's extras where missing.\n"
-        f'BOOK_REPO = "{url}"  # _config.yml: repository.url\n'
+        "# The URL is _config.yml's repository.url (python book/_ext/colab_copies.py)\n"
+        f'BOOK_REPO = "{url}"\n'
         "try:\n"
         "    import repmlp_lite\n"
         "except ImportError:\n"
@@ -70,8 +71,8 @@ def install_cell(url: str) -> str:
         "    try:\n"
         "        import repmlp_lite\n"
         "    except ImportError:\n"
-        '        print(f"Could not install repmlp_lite from {BOOK_REPO}: connect to the internet "\n'
-        '              "(Colab: Runtime > Restart session), then run this cell again.")'
+        '        print(f"Could not install repmlp_lite from {BOOK_REPO}: connect to the "\n'
+        '              "internet (Colab: Runtime > Restart session), then run this cell again.")'
     )
 
 

@@ -3,8 +3,9 @@
 :func:`glue` binds a value to a name in the notebook's namespace, so that a sentence can quote it
 with an inline expression, ``{eval}`name```, and the number in the text is always the one the cell
 computed. The same role is filled in by the HTML book (myst-nb, with ``nb_execution_mode: inline``)
-and by JupyterLab with ``jupyterlab-myst``, both from the value's ``text/plain`` form; Colab shows
-the chapters' Colab copies instead (:mod:`repmlp_lite.colab`).
+and by JupyterLab with ``jupyterlab-myst``, both from the value's ``text/plain`` form. Colab, which
+renders no MyST, opens the chapters' copies in ``colab/`` (``book/_ext/colab_copies.py``), where such
+a paragraph is a cell that displays it with the values.
 
 :func:`static_page` tells a cell whether it runs for the HTML book, where a control that needs a
 running kernel could not move.

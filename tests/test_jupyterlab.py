@@ -197,23 +197,28 @@ def test_chapter_2_values_are_filled_in(run):
 def test_live_explorer_redraws_when_k_and_groups_move(run):
     chapter = run("02_seeing_the_kernel")
     page = chapter.page
-    explorer = page.locator(".jp-OutputArea-output .widget-vbox").filter(has=page.locator(".widget-hslider")).last
-    explorer.scroll_into_view_if_needed()
+    # The code cell whose output holds sliders: the live explorer (its only image is the picture).
+    explorer = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-hslider")).last
+    explorer.scroll_into_view_if_needed(timeout=60_000)
     picture = explorer.locator("img").first
 
     def picture_bytes() -> str:
-        return picture.get_attribute("src") or ""
+        return picture.get_attribute("src", timeout=60_000) or ""
 
     before = picture_bytes()
     assert before, "the live explorer shows no picture"
     sliders = explorer.locator(".widget-hslider")
-    for index, what in [(0, "K"), (1, "groups")]:  # sliders in order: K, groups, h, w, C, O
+    # Sliders in order: K (1 to 7, at 3), groups (1 to 4, at 1), h, w, C, O. A click on the track
+    # moves the handle there (K to 5, groups to 2: a valid conv for C = O = 2).
+    for index, what, fraction in [(0, "K", 4 / 6), (1, "groups", 1 / 3)]:
         old = picture_bytes()
-        sliders.nth(index).locator(".noUi-handle").focus()
-        page.keyboard.press("ArrowRight")
+        track = sliders.nth(index).locator(".noUi-target")
+        track.scroll_into_view_if_needed(timeout=60_000)
+        box = track.bounding_box(timeout=60_000)
+        page.mouse.click(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
         page.wait_for_function(
             "([el, old]) => { const img = el.querySelector('img'); return img && img.src && img.src !== old; }",
-            arg=[explorer.element_handle(), old], timeout=30_000,
+            arg=[explorer.element_handle(), old], timeout=120_000,
         )
         status = explorer.locator(".widget-html").last.inner_text()
         assert "Not a valid conv" not in status, f"after moving {what}: {status}"

@@ -128,7 +128,8 @@ class Book:
         self.equations: dict[str, tuple[str, int]] = {}  # equation label -> (page, number)
         for path in self.notebooks:
             page = f"notebooks/{path.stem}"
-            text = "\n".join(_source(c) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown")
+            cells = json.loads(path.read_text())["cells"]
+            text = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
             self._index(page, text)
         for path in sorted((root / "book").glob("*.md")):
             self._index(f"book/{path.stem}", path.read_text())
@@ -202,9 +203,10 @@ def _directives(text: str, page: str) -> str:
             continue
         fence, name, title = match.group("fence"), match.group("name"), match.group("args").strip()
         end = i + 1
-        while end < len(lines) and not (
-            lines[end].startswith(fence[0] * len(fence)) and lines[end].strip() == fence[0] * len(lines[end].strip())
-        ):
+        def closes(line: str) -> bool:  # the same fence character, at least as many times, alone
+            return line.startswith(fence) and line.strip() == fence[0] * len(line.strip())
+
+        while end < len(lines) and not closes(lines[end]):
             end += 1
         body = lines[i + 1:end]
         options: dict[str, str] = {}
@@ -240,16 +242,16 @@ def plain_markdown(text: str, book: Book, page: str) -> str:
     text = TARGET.sub("", text)
     text = _directives(text, page)
     text = _equations(text, book, page)
-    return ROLE.sub(
-        lambda m: m.group(0) if m.group("name") == "eval" else _role(book, page, m.group("name"), m.group("body")),
-        text,
-    )
+    def role(m: re.Match) -> str:
+        return m.group(0) if m.group("name") == "eval" else _role(book, page, m.group("name"), m.group("body"))
+
+    return ROLE.sub(role, text)
 
 
 def _eval_cell(markdown: str, page: str) -> dict[str, Any]:
     """A form cell that displays ``markdown`` with each ``{eval}`name``` filled in from the kernel."""
     if '"""' in markdown or markdown.rstrip().endswith("\\"):
-        raise ValueError(f"{page}: a paragraph with {{eval}} roles cannot be put in a raw string: {markdown[:80]!r}")
+        raise ValueError(f"{page}: this paragraph with {{eval}} roles fits no raw string: {markdown[:80]!r}")
     names: list[str] = []
 
     def field(match: re.Match) -> str:

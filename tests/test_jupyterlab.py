@@ -42,6 +42,8 @@ SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     # Never write the run's outputs into notebooks/ (they are committed without outputs).
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    # No "get notified about Jupyter news?" prompt over the screenshots (nor a news fetch).
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
 }
 
 # The open notebook's state, from JupyterLab's own models.

@@ -460,28 +460,9 @@ def kernel_explorer() -> widgets.VBox | HTML:
     For the HTML book (:func:`repmlp_lite.book.static_page`), where sliders could not move, it returns
     instead the picture of the default settings with its counts and a line saying where to run it.
     """
-    def slider(value: int, low: int, high: int) -> widgets.IntSlider:
-        return widgets.IntSlider(value=value, min=low, max=high, continuous_update=False)
-
-    controls = {  # keyed by explorer_figure's parameters
-        "kernel_size": slider(3, 1, 7),
-        # string values: a saved (static) notebook shows a None-valued option as blank
-        "padding": widgets.Dropdown(options=["same", "0", "1", "2", "3"], value="same"),
-        "groups": slider(1, 1, 4),
-        "h": slider(4, 1, 8),
-        "w": slider(4, 1, 8),
-        "in_channels": slider(2, 1, 6),
-        "out_channels": slider(2, 1, 6),
-    }
-    names = ["K", "padding", "groups", "h", "w", "C (in)", "O (out)"]
-    # Names in HTML widgets rather than in `description`: the static page's widget embedder
-    # typesets descriptions with the MathJax 2 API, which throws on a page that uses MathJax 3.
-    rows = [
-        widgets.HBox([widgets.HTML(name, layout=widgets.Layout(width="70px")), control])
-        for name, control in zip(names, controls.values())
-    ]
+    defaults = {"kernel_size": 3, "groups": 1, "h": 4, "w": 4, "in_channels": 2, "out_channels": 2}
+    # Before any widget exists: a widget created here would be saved in the static page's state.
     if static_page():
-        defaults = {name: control.value for name, control in controls.items() if name != "padding"}
         fig, stats = explorer_figure(padding=None, **defaults)
         png = base64.b64encode(_png(fig)).decode("ascii")
         return HTML(
@@ -491,6 +472,27 @@ def kernel_explorer() -> widgets.VBox | HTML:
             f'<img src="data:image/png;base64,{png}" alt="The FC kernel of a random conv with the '
             f'explorer\'s default settings: {html.escape(fig.axes[0].get_title())}">'
         )
+
+    def slider(value: int, low: int, high: int) -> widgets.IntSlider:
+        return widgets.IntSlider(value=value, min=low, max=high, continuous_update=False)
+
+    controls = {  # keyed by explorer_figure's parameters
+        "kernel_size": slider(defaults["kernel_size"], 1, 7),
+        # string values: a saved (static) notebook shows a None-valued option as blank
+        "padding": widgets.Dropdown(options=["same", "0", "1", "2", "3"], value="same"),
+        "groups": slider(defaults["groups"], 1, 4),
+        "h": slider(defaults["h"], 1, 8),
+        "w": slider(defaults["w"], 1, 8),
+        "in_channels": slider(defaults["in_channels"], 1, 6),
+        "out_channels": slider(defaults["out_channels"], 1, 6),
+    }
+    names = ["K", "padding", "groups", "h", "w", "C (in)", "O (out)"]
+    # Names in HTML widgets rather than in `description`: the static page's widget embedder
+    # typesets descriptions with the MathJax 2 API, which throws on a page that uses MathJax 3.
+    rows = [
+        widgets.HBox([widgets.HTML(name, layout=widgets.Layout(width="70px")), control])
+        for name, control in zip(names, controls.values())
+    ]
     status = widgets.HTML()
 
     def draw(padding: str, **settings: int) -> None:

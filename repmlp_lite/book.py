@@ -1,28 +1,54 @@
 """Helpers for the book's pages: numbers computed in a cell, quoted in the prose.
 
-:func:`glue` hands a value to myst-nb (the book's builder), so that a sentence can quote it with
-``{glue:text}`name``` and the number in the text is always the one the cell computed. In Colab or a
-plain Jupyter kernel without myst-nb, the value is printed instead (or nothing, for ``display=False``).
+:func:`glue` binds a value to a name in the notebook's namespace, so that a sentence can quote it
+with an inline expression, ``{eval}`name```, and the number in the text is always the one the cell
+computed. The same role is filled in by the HTML book (myst-nb, with ``nb_execution_mode: inline``)
+and by JupyterLab with ``jupyterlab-myst``, both from the value's ``text/plain`` form. Colab, which
+renders no MyST, opens the chapters' copies in ``colab/`` (``book/_ext/colab_copies.py``), where such
+a paragraph is a cell that displays it with the values.
+
+:func:`static_page` tells a cell whether it runs for the HTML book, where a control that needs a
+running kernel could not move.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-try:
-    from myst_nb import glue as _myst_glue
-except ImportError:  # Colab: no myst-nb, no book
-    _myst_glue = None
+from IPython import get_ipython
+
+# Set by the book build (book/_ext/offline_assets.py) and inherited by the kernels it starts.
+STATIC_PAGE_ENV = "REPMLP_STATIC_PAGE"
 
 
-def glue(name: str, value: Any, display: bool = False) -> Any:
-    """Make ``value`` quotable in the book's text as ``{glue:text}`name```; returns ``value``.
+class Text(str):
+    """A string that IPython shows as itself: no quotes around it in an ``{eval}`` role.
 
-    Glue strings formatted in the cell (``f"{x:.2f}"``) and quote them with ``{glue:text}``: the
-    plain ``{glue:}`` role shows a string's repr, quotes included.
+    IPython's ``text/plain`` form of a ``str`` is its ``repr`` (``'0.93'``); both renderers of the
+    book's inline roles use that form.
     """
-    if _myst_glue is not None:
-        _myst_glue(name, value, display=display)
-    elif display:
-        print(f"{name} = {value}")
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+def glue(name: str, value: Any) -> Any:
+    """Make ``value`` quotable in the notebook's prose as ``{eval}`name```; returns ``value``.
+
+    Glue strings formatted in the cell (``f"{x:.2f}"``): a string is bound as :class:`Text`, so it
+    shows without quotes. ``name`` must be a Python identifier that no other line of the notebook
+    assigns (``tests/test_glue.py`` checks the chapters). Outside IPython (a plain script) nothing
+    is bound.
+    """
+    if not name.isidentifier():
+        raise ValueError(f"glue: name must be a Python identifier (the prose quotes it), got {name!r}")
+    shell = get_ipython()
+    if shell is not None:
+        shell.user_ns[name] = Text(value) if isinstance(value, str) else value
     return value
+
+
+def static_page() -> bool:
+    """True while a cell runs for the HTML book (the build sets :data:`STATIC_PAGE_ENV` to ``1``)."""
+    return os.environ.get(STATIC_PAGE_ENV) == "1"

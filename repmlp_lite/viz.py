@@ -16,6 +16,7 @@ the explorers that work without a kernel, drawn in advance, in :mod:`repmlp_lite
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -26,12 +27,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython.display import Image, clear_output, display
+from IPython.display import HTML, Image, clear_output, display
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ._checks import check_divisible, check_positive
+from .book import static_page
 from .conv_as_fc import conv_output_size, conv_to_fc, grouped_to_dense
 from .style import COLUMN_WIDTH_IN, column_figsize
 from .style import png_bytes as _png
@@ -395,25 +397,41 @@ def explorer_figure(
     return fig, stats
 
 
-def kernel_explorer() -> widgets.VBox:
+def kernel_explorer() -> widgets.VBox | HTML:
     """Sliders for ``K``, padding, groups, ``h``, ``w``, ``C`` and ``O`` that redraw the FC kernel live.
 
     Layout: the controls, a status line (the counts of :class:`SparsityStats`, or the package's
     ``ValueError`` message when the combination is invalid), then the picture of :func:`explorer_figure`.
     The picture is a PNG, so it shows with any matplotlib backend and is kept in a saved notebook.
+
+    For the HTML book (:func:`repmlp_lite.book.static_page`), where sliders could not move, it returns
+    instead the picture of the default settings with its counts and a line saying where to run it.
     """
+    defaults = {"kernel_size": 3, "groups": 1, "h": 4, "w": 4, "in_channels": 2, "out_channels": 2}
+    # Before any widget exists: a widget created here would be saved in the static page's state.
+    if static_page():
+        fig, stats = explorer_figure(padding=None, **defaults)
+        png = base64.b64encode(_png(fig)).decode("ascii")
+        return HTML(
+            '<div class="live-explorer-stand-in"><p class="needs-kernel"><b>A live explorer</b>: its sliders redraw the picture with Python, '
+            "so they need a running kernel: open this chapter in JupyterLab or Colab. Below, its picture "
+            f"for the default settings.</p><p>{html.escape(stats.summary())}</p>"
+            f'<img src="data:image/png;base64,{png}" alt="The FC kernel of a random conv with the '
+            f'explorer\'s default settings: {html.escape(fig.axes[0].get_title())}"></div>'
+        )
+
     def slider(value: int, low: int, high: int) -> widgets.IntSlider:
         return widgets.IntSlider(value=value, min=low, max=high, continuous_update=False)
 
     controls = {  # keyed by explorer_figure's parameters
-        "kernel_size": slider(3, 1, 7),
+        "kernel_size": slider(defaults["kernel_size"], 1, 7),
         # string values: a saved (static) notebook shows a None-valued option as blank
         "padding": widgets.Dropdown(options=["same", "0", "1", "2", "3"], value="same"),
-        "groups": slider(1, 1, 4),
-        "h": slider(4, 1, 8),
-        "w": slider(4, 1, 8),
-        "in_channels": slider(2, 1, 6),
-        "out_channels": slider(2, 1, 6),
+        "groups": slider(defaults["groups"], 1, 4),
+        "h": slider(defaults["h"], 1, 8),
+        "w": slider(defaults["w"], 1, 8),
+        "in_channels": slider(defaults["in_channels"], 1, 6),
+        "out_channels": slider(defaults["out_channels"], 1, 6),
     }
     names = ["K", "padding", "groups", "h", "w", "C (in)", "O (out)"]
     # Names in HTML widgets rather than in `description`: the static page's widget embedder

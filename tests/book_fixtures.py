@@ -75,7 +75,18 @@ def _toc_files() -> list[str]:
 PAGES = _toc_files()
 CHAPTERS = [page for page in PAGES if page.startswith("notebooks/")]
 
-COLAB_PREFIX = "https://colab.research.google.com/github/repmlp-by-hand/repmlp-by-hand/blob/main/"
+_REPOSITORY = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]
+# Colab opens a chapter's plain-Markdown copy in colab/ (book/_ext/colab_copies.py), from the repository
+# that _config.yml names (the chapters' install cells name the same one: tests/test_colab.py).
+COLAB_PREFIX = (
+    "https://colab.research.google.com/github/"
+    f"{_REPOSITORY['url'].removeprefix('https://github.com/').rstrip('/')}/blob/{_REPOSITORY['branch']}/"
+)
+
+
+def colab_link(page: str) -> str:
+    """The Colab launch link of a chapter page (``notebooks/<name>``): its copy in ``colab/``."""
+    return f"{COLAB_PREFIX}colab/{page.removeprefix('notebooks/')}.ipynb"
 
 _STAMP = BUILD_DIR / ".book-build.stamp"
 _LOCK = BUILD_DIR / ".book-build.lock"

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
-from book_fixtures import CHAPTERS, COLAB_PREFIX, PAGES, REPO, build_book, page_path
+from book_fixtures import CHAPTERS, PAGES, REPO, build_book, colab_link, page_path
 from bs4 import BeautifulSoup
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -93,6 +93,7 @@ def test_config_executes_offline_with_local_assets():
     assert config["execute"]["execute_notebooks"] == "force"
     assert config["execute"]["allow_errors"] is False
     sphinx = config["sphinx"]["config"]
+    assert sphinx["nb_execution_mode"] == "inline", "the prose's {eval} roles need inline execution"
     assert not sphinx.get("intersphinx_mapping"), "intersphinx fetches inventories over the network"
     assert "://" not in sphinx["mathjax_path"], "MathJax must come from the local copy"
     assert all("://" not in path for path in sphinx["nb_ipywidgets_js"]), "widget scripts must be local"
@@ -223,9 +224,28 @@ def test_saved_widget_outputs_have_no_errors(built_book, page):
 
 @pytest.mark.parametrize("page", CHAPTERS)
 def test_chapter_has_colab_launch_link(built_book, page):
-    expected = f"{COLAB_PREFIX}{page}.ipynb"
+    expected = colab_link(page)
     links = [a["href"] for a in _soup(page).find_all("a", href=True) if "colab.research.google.com" in a["href"]]
     assert expected in links, f"{page}: no Colab launch link {expected} (found {links})"
+
+
+def test_kernel_backed_explorer_is_a_picture_with_a_note(built_book):
+    """Chapter 2's live explorer (``viz.kernel_explorer``) would need a kernel: the book shows its
+    default picture and says where it runs, and no slider of it is saved in the page."""
+    soup = _soup("notebooks/02_seeing_the_kernel")
+    notes = _main(soup).select("p.needs-kernel")
+    assert len(notes) == 1, f"{len(notes)} notes for the kernel-backed explorer"
+    assert "JupyterLab or Colab" in notes[0].get_text(" ")
+    picture = notes[0].find_next("img")
+    assert picture is not None and picture["src"].startswith("data:image/png;base64,")
+    assert picture["alt"].startswith("The FC kernel"), picture["alt"]
+    sliders = [
+        model_id
+        for script in soup.find_all("script", type=WIDGET_STATE)
+        for model_id, model in json.loads(script.string or "{}").get("state", {}).items()
+        if model.get("model_name") == "IntSliderModel"
+    ]
+    assert not sliders, f"sliders saved in the static page: {sliders}"
 
 
 @pytest.mark.parametrize("page", CHAPTERS)
@@ -263,7 +283,7 @@ def test_prose_math_is_marked_for_mathjax(built_book, page):
 # Text left in the prose when a role or a glued number did not resolve (MyST shows an unparsed
 # role as its source, e.g. "{glue:}`acc`" inside raw HTML), or when a writer left a gap to fill.
 PLACEHOLDERS = {
-    "an unresolved role": re.compile(r"\{(?:glue(?::\w*)?|doc|eq|ref|numref|cite(?::\w*)?)\}"),
+    "an unresolved role": re.compile(r"\{(?:glue(?::\w*)?|eval|doc|eq|ref|numref|cite(?::\w*)?)\}"),
     "a to-do marker": re.compile(r"\b(?:TODO|FIXME|TBD|XXX)\b"),
     "an unresolved reference (??)": re.compile(r"\?\?"),
     "a number to fill in": re.compile(r"\b(?:[xX]\.[xX]{1,4}|N\.NN|0\.XX|\d+\.\?+)\b"),
@@ -291,7 +311,7 @@ def test_prose_has_no_unglued_placeholder(built_book, page):
 
 
 def test_placeholder_patterns_catch_what_they_name():
-    for sample in ["see {glue:}`acc`", "{doc}`x`", "TODO: fill", "Eq. (??)", "accuracy 0.XX", "x.xx ms"]:
+    for sample in ["see {glue:}`acc`", "{eval}`acc`", "{doc}`x`", "TODO: fill", "Eq. (??)", "accuracy 0.XX", "x.xx ms"]:
         assert any(p.search(sample) for p in PLACEHOLDERS.values()), sample
     for sample in ["accuracy 0.9531 after 8 epochs", "the {1, 3, 5} kernels", "x.shape", "N.B."]:
         assert not any(p.search(sample) for p in PLACEHOLDERS.values()), sample

@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-from book_fixtures import CHAPTERS, COLAB_PREFIX, LOCAL_HOST, PAGES, SCREENSHOT_DIR, page_path
+from book_fixtures import CHAPTERS, LOCAL_HOST, PAGES, SCREENSHOT_DIR, colab_link, page_path
 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 TIMEOUT_MS = 60_000
@@ -289,7 +289,7 @@ def test_screenshot_saved(visit, page):
 @pytest.mark.parametrize("page", CHAPTERS)
 def test_colab_launch_link(visit, page):
     v = visit(page)
-    assert f"{COLAB_PREFIX}{page}.ipynb" in v.colab_links, f"{page}: Colab links {v.colab_links}"
+    assert colab_link(page) in v.colab_links, f"{page}: Colab links {v.colab_links}"
 
 
 @pytest.mark.parametrize("page", PAGES[:-1])

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-# Chapter 6 is rewritten on another branch; its solutions move to this layout when it is merged.
-PENDING = {"06_costs.ipynb"}
 
 EXERCISE = re.compile(r"\{admonition\} Exercise (\d+[a-z]?\.\d+):")
 SOLUTION_LABEL = re.compile(r"^\(sol-(\d+[a-z]?)-(\d+)\)=$", re.M)
@@ -77,16 +75,7 @@ def _problems(path: Path) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="chapter 6 not moved yet"))
-        if p.name in PENDING
-        else p
-        for p in NOTEBOOKS
-    ],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_solutions_run_after_the_chapter(path: Path) -> None:
     """Each exercise links to a solution at the chapter's end, whose code cells are hidden and run last."""
     problems = _problems(path)

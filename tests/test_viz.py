@@ -10,7 +10,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from repmlp_lite import conv_to_fc, viz  # noqa: E402
+from repmlp_lite import (  # noqa: E402
+    book,
+    conv_to_fc,  # noqa: E402
+    viz,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -239,3 +243,13 @@ def test_kernel_explorer_shows_errors_instead_of_raising():
     assert "even" in status.value
     controls["padding"].value = "1"
     assert "W is 18 x 32" in status.value  # K = 4, padding 1 on 4 x 4: a 3 x 3 output, O = 2
+
+
+def test_kernel_explorer_on_a_static_page_is_its_default_picture_with_a_note(monkeypatch):
+    monkeypatch.setenv(book.STATIC_PAGE_ENV, "1")
+    shown = viz.kernel_explorer()
+    assert not isinstance(shown, widgets.Widget)
+    assert 'class="needs-kernel"' in shown.data and "JupyterLab or Colab" in shown.data
+    assert '<img src="data:image/png;base64,' in shown.data and "K=3, padding=same, groups=1" in shown.data
+    monkeypatch.delenv(book.STATIC_PAGE_ENV)
+    assert isinstance(viz.kernel_explorer(), widgets.VBox)

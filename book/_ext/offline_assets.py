@@ -17,6 +17,8 @@ through that MathJax 2 call whenever ``window.MathJax`` exists, and the book's M
 ``Hub`` (uncaught "Cannot read properties of undefined (reading 'Queue')"). The shim hands the
 labels to MathJax 3's ``typesetPromise`` instead.
 
+The build also sets ``REPMLP_STATIC_PAGE=1`` for the kernels it starts (see :func:`setup`).
+
 Any script or stylesheet that would still come from another host is reported as a Sphinx
 warning, which ``jupyter-book build -W`` turns into a failed build.
 """
@@ -24,12 +26,15 @@ warning, which ``jupyter-book build -W`` turns into a failed build.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.builders.html._assets import _JavaScript
 from sphinx.util import logging
+
+from repmlp_lite.book import STATIC_PAGE_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +141,9 @@ def _drop_thebe_nodes(app: Sphinx, doctree: nodes.document, docname: str) -> Non
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
+    # Every kernel the build starts inherits this: a cell can tell that its output goes into a static
+    # page (repmlp_lite.book.static_page), where a control that needs Python could not move.
+    os.environ[STATIC_PAGE_ENV] = "1"
     # After myst-nb (which adds the widget scripts per page) and sphinx-thebe.
     app.connect("html-page-context", _page_context, priority=900)
     app.connect("doctree-resolved", _drop_thebe_nodes, priority=900)

@@ -108,7 +108,7 @@ def overview_diagram(width: float = COLUMN_WIDTH_IN) -> Figure:
     return fig
 
 
-def save_overview(path: str, width: float = COLUMN_WIDTH_IN, dpi: int = 150) -> None:
+def save_overview(path: str, width: float = COLUMN_WIDTH_IN, dpi: int = 100) -> None:
     """Write :func:`overview_diagram` to ``path`` (a PNG) with no metadata that changes from run to run."""
     fig = overview_diagram(width)
     try:

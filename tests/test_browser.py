@@ -43,7 +43,8 @@ MIN_DISPLAYED_FRACTION = 0.75  # a figure is shown at least this fraction of its
 # * overflow: every output area, <pre>, table, table wrapper or display equation of the article whose content is
 #   wider than its box (it scrolls sideways), with both widths;
 # * figures: every visible <img> of the article, natural and displayed width;
-# * exercises: the sequence of exercise / hint / solution admonitions, in page order;
+# * exercises: the sequence of exercise / hint admonitions and links to solutions (sections #sol-X-Y at the
+#   chapter's end that exist on the page), in page order;
 # * links: the article's links (not the sidebars or the previous/next footer), resolved.
 LAYOUT_JS = """() => {
     const article = document.querySelector('article.bd-article') || document.querySelector('main');
@@ -68,7 +69,11 @@ LAYOUT_JS = """() => {
         figures.push({src: (img.currentSrc || img.src).slice(0, 100), natural: img.naturalWidth,
                       shown: img.getBoundingClientRect().width});
     }
-    const exercises = Array.from(article.querySelectorAll('.admonition')).map(el =>
+    // a solution is the link from an exercise to its section at the chapter's end (#sol-X-Y) when that
+    // section is on the page
+    const solutionLink = a => a.tagName === 'A' && document.getElementById(a.hash.slice(1)) !== null;
+    const exercises = Array.from(article.querySelectorAll('.admonition, a[href*="#sol-"]')).map(el =>
+        el.tagName === 'A' ? (solutionLink(el) ? 'solution' : 'other') :
         el.classList.contains('exercise') ? 'exercise' : el.classList.contains('solution') ? 'solution' :
         el.classList.contains('hint') ? 'hint' : 'other').filter(k => k !== 'other');
     const links = Array.from(article.querySelectorAll('a[href]'))
@@ -379,7 +384,7 @@ def test_exercise_rule_catches_missing_solutions():
 
 @pytest.mark.parametrize("page", CHAPTERS)
 def test_every_exercise_has_a_solution(visit, page):
-    """Exercises are ``.admonition.exercise``, each followed by an ``.admonition.solution`` (COMMON.md).
+    """Exercises are ``.admonition.exercise``, each followed by a link to its solution's section.
 
     Every numbered chapter (title "N. ..." or "Nb. ...") has at least one; an unnumbered page in
     notebooks/ (an appendix) need not, but any exercise it has needs its solution too.

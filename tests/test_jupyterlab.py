@@ -133,13 +133,19 @@ class Chapter:
         start = time.monotonic()
         self.page.wait_for_function(
             "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-            " return w && w.content && w.sessionContext && w.sessionContext.session?.kernel?.status === 'idle'; }"
+            " return w && w.content && w.context && w.context.isReady && w.content.widgets.length > 0 &&"
+            " w.sessionContext && w.sessionContext.session?.kernel?.status === 'idle'; }"
         )
-        self.page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        # Run All once the notebook's model and kernel are ready; the command's promise settles when
+        # the last cell has run, or at the first cell that raises (run-all stops there).
+        self.page.evaluate(
+            "async () => { const w = window.jupyterapp.shell.currentWidget;"
+            " await w.context.ready; await w.sessionContext.ready; await w.revealed;"
+            " await window.jupyterapp.commands.execute('notebook:run-all-cells'); }"
+        )
         self.page.wait_for_function(
             "() => { const w = window.jupyterapp.shell.currentWidget;"
-            " return w.sessionContext.session.kernel.status === 'idle' &&"
-            " w.content.widgets.every(c => c.model.type !== 'code' || c.model.executionCount); }",
+            " return w.sessionContext.session.kernel.status === 'idle'; }",
             polling=500,
         )
         self.state = self.page.evaluate(STATE_JS)

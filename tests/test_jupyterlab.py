@@ -129,7 +129,9 @@ class Chapter:
         self.context.route("**/*", route)
         self.page = self.context.new_page()
         self.page.set_default_timeout(RUN_TIMEOUT_S * 1000)
-        self.page.goto(f"{base}/lab/tree/notebooks/{name}.ipynb?token={token}")
+        # A workspace of its own per chapter: JupyterLab restores a workspace's open tabs, and a tab
+        # of the chapter opened before would become the current widget that Run All acts on.
+        self.page.goto(f"{base}/lab/workspaces/{name}/tree/notebooks/{name}.ipynb?token={token}")
         start = time.monotonic()
         self.page.wait_for_function(
             "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"

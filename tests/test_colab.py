@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 import pytest
+from bs4 import BeautifulSoup
 from markdown_it import MarkdownIt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +118,18 @@ def test_the_myst_check_catches_what_it_names():
                    "(claims-here)=\n# A", "$$\nx\n$$ (eq-a)"]:
         assert _myst_left(sample), sample
     assert not _myst_left("> **Exercise 1**\n>\n> Show $x$.\n\n<details>\n<summary><b>Hint</b></summary>\n\nx\n\n</details>")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_copies_number_equations_and_figures_as_the_html_book(built_book, path):
+    """A Colab reader told "Eq. (12)" or "Fig. 7" finds the same equation or figure as an HTML reader."""
+    soup = BeautifulSoup((built_book / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8"), "html.parser")
+    book = colab_copies.Book(REPO)
+    page = f"notebooks/{path.stem}"
+    html_equations = [int(re.search(r"\d+", e.get_text()).group()) for e in soup.select("span.eqno")]
+    ours = sorted(number for where, number in book.equations.values() if where == page)
+    assert html_equations == ours, f"{page}: HTML numbers equations {html_equations}, the copy {ours}"
+    html_figures = {f["id"]: int(re.search(r"\d+", f.find(class_="caption-number").get_text()).group())
+                    for f in soup.select("figure[id^=fig-]")}
+    copy_figures = {name: number for name, (number, _) in book.figures.items() if name in html_figures}
+    assert html_figures == copy_figures

@@ -34,6 +34,7 @@ from book_fixtures import LOCAL_HOST, REPO, SCREENSHOT_DIR
 
 # Seconds for opening a chapter and running all its cells (JUPYTERLAB_RUN_TIMEOUT overrides).
 RUN_TIMEOUT_S = float(os.environ.get("JUPYTERLAB_RUN_TIMEOUT", "600"))
+SETTLE_S = 20  # the longest wait for rendered markdown to stop changing after the run
 EVAL = re.compile(r"\{eval\}`([^`]+)`")
 SETTINGS = {
     # Render every cell, not only those in view: the checks read the whole notebook.
@@ -150,7 +151,15 @@ class Chapter:
             " return w.sessionContext.session.kernel.status === 'idle'; }",
             polling=500,
         )
+        # jupyterlab-myst fills a markdown cell's {eval} roles from a kernel reply that can come after the
+        # kernel went idle: read the state until two reads a second apart agree (at most SETTLE_S).
         self.state = self.page.evaluate(STATE_JS)
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            self.page.wait_for_timeout(1000)
+            state, self.state = self.state, self.page.evaluate(STATE_JS)
+            if state == self.state:
+                break
         print(f"{name}: opened and ran in {time.monotonic() - start:.0f} s")
 
     def screenshot(self, name: str) -> None:
@@ -195,6 +204,15 @@ def test_chapter_runs_and_reads_as_in_the_book(run, name):
     shown_as_names = [n for n in names if re.search(rf"\b{re.escape(n)}\b", text)]
     assert not shown_as_names, f"{name}: {{eval}} roles shown as their names: {shown_as_names}"
     assert not chapter.outside, f"{name}: requests outside {LOCAL_HOST}: {chapter.outside[:5]}"
+
+
+def test_figure_captions_show_below_their_figures(run):
+    """JupyterLab shows no cell metadata, so each figure's caption is a markdown cell of its own."""
+    nb = json.loads((REPO / "notebooks" / "04_repmlp_block.ipynb").read_text())
+    figures = [c["metadata"]["mystnb"]["figure"] for c in nb["cells"] if "figure" in c["metadata"].get("mystnb", {})]
+    text = "\n".join(run("04_repmlp_block").state["markdown"])
+    numbers = re.findall(r"Fig\. (\d+):", text)
+    assert len(numbers) == len(figures) > 0, f"captions shown: {numbers}, figures: {len(figures)}"
 
 
 def test_chapter_2_values_are_filled_in(run):

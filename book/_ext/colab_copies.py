@@ -8,16 +8,22 @@ into plain Markdown (CommonMark plus ``$...$`` math, which Colab typesets):
   and its code a form cell that shows only its title, so no solution is in plain view;
 * ``{doc}`` links point at the other chapters' Colab copies (book pages: at the repository);
   ``{ref}`` shows the section's title, ``{cite}`` "Author (year)", ``{eq}`` "Eq. (n)"
-  (labelled display equations get a ``\\tag``), ``{numref}`` "Fig. n" as the HTML book numbers it;
+  (labelled display equations get a ``\\tag``) and ``{numref}`` "Fig. n", both numbered through the
+  book as the HTML book numbers them;
   ``(label)=`` targets are dropped;
-* each figure's caption (a figure cell's myst-nb metadata, which Colab does not show) follows it
-  as a line of its own;
+* each figure's caption follows it as a line of its own (see below);
 * a paragraph that quotes computed numbers (``{eval}`name```) becomes a code cell shown as a form
   (Colab hides its code): run, it displays the paragraph as Markdown with the numbers the cells above
   computed.
 
 The repository URL lives in one place, ``_config.yml``'s ``repository.url``: this script also writes
 it into every chapter's install cell (:func:`install_cell`), in ``notebooks/`` and in the copies.
+
+A figure's caption lives in its cell's myst-nb metadata, which the HTML book turns into a numbered
+caption but neither JupyterLab nor Colab shows. So this script also writes, after every figure cell
+in ``notebooks/``, a markdown cell with "Fig. n: caption" (:func:`caption_cell`), tagged
+``remove-cell`` (the HTML book drops it: its own caption is there) and ``figure-caption`` (so the
+next run replaces it): JupyterLab shows it as written, Colab as plain Markdown.
 
 Run from the repository root after editing a chapter (``tests/test_colab.py`` checks the copies are
 up to date)::
@@ -54,6 +60,7 @@ ROLE = re.compile(r"\{(?P<name>[\w:-]+)\}`(?P<body>[^`]+)`")
 TITLED = re.compile(r"^(?P<text>.*?)\s*<(?P<target>[^<>]+)>$", re.S)
 SOLUTION_HEADING = re.compile(r"^#{2,4}[ \t]+(?P<title>Solution [\w.]+:[^\n]*)\n(?P<body>.*)$", re.S)
 FIGURE_NAME = re.compile(r"^:name:[ \t]*(?P<name>fig-[\w-]+)[ \t]*$", re.M)
+CAPTION_TAG = "figure-caption"
 ADMONITIONS = {"note", "tip", "important", "warning", "caution", "attention", "hint", "seealso"}
 
 
@@ -62,6 +69,12 @@ def repository(root: Path = ROOT) -> tuple[str, str]:
     config = yaml.safe_load((root / "_config.yml").read_text())
     repo = config["repository"]
     return str(repo["url"]).rstrip("/"), str(repo.get("branch", "main"))
+
+
+def toc_pages(root: Path = ROOT) -> list[str]:
+    """The book's pages in reading order (``_toc.yml``: the root, then every part's chapters)."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    return [toc["root"]] + [chapter["file"] for part in toc["parts"] for chapter in part["chapters"]]
 
 
 def install_cell(url: str) -> str:
@@ -134,6 +147,7 @@ class Book:
         self.root = root
         self.url, self.branch = repository(root)
         self.notebooks = sorted((root / "notebooks").glob("*.ipynb"))
+        self.texts: dict[str, str] = {}  # path relative to the root, without suffix -> its markdown
         self.titles: dict[str, str] = {}  # path relative to the root, without suffix -> title
         self.sections: dict[str, str] = {}  # (label)= target -> the heading below it
         self.equations: dict[str, tuple[str, int]] = {}  # equation label -> (page, number)
@@ -153,14 +167,17 @@ class Book:
                     self.figures[figure["name"]] = (len(self.figures) + 1, figure["caption"])
         for path in sorted((root / "book").glob("*.md")):
             self._index(f"book/{path.stem}", path.read_text())
+        # labelled equations, numbered through the book in the table of contents' order, as the HTML book
+        for page in toc_pages(root):
+            for match in EQUATION_LABEL.finditer(self.texts[page]):
+                self.equations[match.group("label")] = (page, len(self.equations) + 1)
         self.cites = _bib(root / "book" / "references.bib")
 
     def _index(self, page: str, text: str) -> None:
+        self.texts[page] = text
         self.titles[page] = _title(text, page)
         for match in re.finditer(r"^\(([\w-]+)\)=[ \t]*\n+#+[ \t]+(.+)$", text, re.M):
             self.sections[match.group(1)] = match.group(2).strip()
-        for number, match in enumerate(EQUATION_LABEL.finditer(text), start=1):
-            self.equations[match.group("label")] = (page, number)
 
     def link(self, page: str) -> str:
         if page.startswith("notebooks/"):
@@ -326,15 +343,30 @@ def colab_cells(nb: dict, book: Book, page: str) -> list[dict]:
                 cell = _eval_cell(text, page) | ({"id": cell["id"]} if "id" in cell else {})
             else:
                 cell["source"] = _lines(text)
+        if CAPTION_TAG in cell["metadata"].get("tags", []):
+            cell["metadata"].pop("tags")  # the HTML book's tags mean nothing to Colab
         cells.append(cell)
-        figure = _figure(cell)
-        if figure:  # Colab shows no cell metadata: the caption as a line of its own below the figure
-            number, caption = book.figures[figure["name"]]
-            text = plain_markdown(f"*Fig. {number}: {caption}*", book, page)
-            caption_cell = {"cell_type": "markdown", "metadata": {}, "source": _lines(text)}
-            has_eval = any(m.group("name") == "eval" for m in ROLE.finditer(text))
-            cells.append(_eval_cell(text, page) if has_eval else caption_cell)
     return cells
+
+
+def caption_cell(figure: dict[str, str], book: Book) -> dict[str, Any]:
+    """The markdown cell written below a figure cell: its caption, numbered as the HTML book numbers it."""
+    number, caption = book.figures[figure["name"]]
+    return {"cell_type": "markdown", "id": f"caption-{figure['name']}"[:64],
+            "metadata": {"tags": ["remove-cell", CAPTION_TAG]}, "source": _lines(f"*Fig. {number}: {caption}*")}
+
+
+def with_captions(cells: list[dict], book: Book) -> list[dict]:
+    """``cells`` with one caption cell after each figure cell (old caption cells replaced)."""
+    out = []
+    for cell in cells:
+        if CAPTION_TAG in cell["metadata"].get("tags", []):
+            continue
+        out.append(cell)
+        figure = _figure(cell)
+        if figure:
+            out.append(caption_cell(figure, book))
+    return out
 
 
 def _dump(nb: dict) -> str:
@@ -350,6 +382,7 @@ def outputs(root: Path = ROOT) -> dict[Path, str]:
         for cell in nb["cells"]:
             if cell["cell_type"] == "code" and _source(cell).startswith(INSTALL_MARKER):
                 cell["source"] = _lines(install_cell(book.url))
+        nb["cells"] = with_captions(nb["cells"], book)
         files[path] = _dump(nb)
         page = f"notebooks/{path.stem}"
         copy_nb = {

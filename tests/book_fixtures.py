@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -48,6 +49,28 @@ CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic"]
 LOCAL_HOST = "127.0.0.1"
 
+
+
+def is_local(url: str) -> bool:
+    """Whether the browser may load ``url``: this machine's server, or data the page made itself."""
+    parts = urlsplit(url)
+    return parts.scheme in ("data", "blob", "about") or parts.hostname == LOCAL_HOST
+
+
+def local_only_context(browser, outside: list[str], **options):
+    """A Playwright browser context that loads nothing from outside this machine: every other request
+    is aborted and its URL appended to ``outside`` (the tests assert it stays empty)."""
+    context = browser.new_context(service_workers="block", **options)
+
+    def route(r):
+        if is_local(r.request.url):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    return context
 
 
 def _toc_files() -> list[str]:

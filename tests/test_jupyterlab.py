@@ -27,10 +27,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from urllib.parse import urlsplit
 
 import pytest
-from book_fixtures import LOCAL_HOST, REPO, SCREENSHOT_DIR
+from book_fixtures import LOCAL_HOST, REPO, SCREENSHOT_DIR, local_only_context
 
 # Seconds for opening a chapter and running all its cells (JUPYTERLAB_RUN_TIMEOUT overrides).
 RUN_TIMEOUT_S = float(os.environ.get("JUPYTERLAB_RUN_TIMEOUT", "600"))
@@ -118,16 +117,7 @@ class Chapter:
 
     def __init__(self, browser, base: str, token: str, name: str) -> None:
         self.outside: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 1000}, service_workers="block")
-
-        def route(r):
-            if urlsplit(r.request.url).hostname == LOCAL_HOST or r.request.url.startswith(("data:", "blob:")):
-                r.continue_()
-            else:
-                self.outside.append(r.request.url)
-                r.abort()
-
-        self.context.route("**/*", route)
+        self.context = local_only_context(browser, self.outside, viewport={"width": 1280, "height": 1000})
         self.page = self.context.new_page()
         self.page.set_default_timeout(RUN_TIMEOUT_S * 1000)
         # A workspace of its own per chapter: JupyterLab restores a workspace's open tabs, and a tab

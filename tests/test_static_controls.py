@@ -22,14 +22,14 @@ import base64
 import hashlib
 import io
 import re
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import ipywidgets as widgets  # noqa: E402
-from book_fixtures import LOCAL_HOST, SCREENSHOT_DIR, page_path  # noqa: E402
+from book_fixtures import LOCAL_HOST, SCREENSHOT_DIR, is_local, local_only_context, page_path  # noqa: E402
 from ipywidgets.widgets.widget import _instances as widget_registry  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
@@ -154,32 +154,18 @@ def test_embedded_size_is_counted():
 # --- in the built book ----------------------------------------------------------------------
 
 
-def _is_local(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("data", "blob", "about") or parts.hostname == LOCAL_HOST
-
-
 class Page:
     """One chapter page in Chromium, with its console errors and outside requests recorded."""
 
     def __init__(self, browser, url: str):
         self.outside: list[str] = []
         self.errors: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
-
-        def route(r):
-            if _is_local(r.request.url):
-                r.continue_()
-            else:
-                self.outside.append(r.request.url)
-                r.abort()
-
-        self.context.route("**/*", route)
+        self.context = local_only_context(browser, self.outside, viewport={"width": 1280, "height": 900})
         self.page = self.context.new_page()
         self.page.set_default_timeout(TIMEOUT_MS)
         self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        self.page.on("request", lambda req: None if _is_local(req.url) else self.outside.append(req.url))
+        self.page.on("request", lambda req: None if is_local(req.url) else self.outside.append(req.url))
         self.page.goto(url, wait_until="load")
         self.page.wait_for_load_state("networkidle")
 

@@ -1,12 +1,22 @@
-"""Structural re-parameterization of a whole model, and the check that it changed nothing.
+"""Structural re-parameterization: one way for a module to say it is merged, one routine that merges a
+whole model, and the check that the merge changed nothing.
 
-:func:`deploy` gives the inference form the paper measures: every RepMLP block merged into FCs and
-every conv + BN (and FC + BN) fused into one layer with bias, so no BatchNorm is left.
+* :class:`Reparameterizable`: the base of every module that has a training form and an inference form
+  (the RepMLP block and its global perceptron, conv + BN layers, RepMLPNet's block, unit and net).
+  ``deployed`` says which form a module is in; :meth:`~Reparameterizable.switch_to_deploy` merges its
+  re-parameterizable submodules first (children first), then folds the module's own parameters
+  (:meth:`~Reparameterizable._merge_own`), so a model file never calls a merge routine on its children.
+* :func:`reparameterize_model`: ``switch_to_deploy()`` on every outermost re-parameterizable module of any
+  ``nn.Module`` (as timm's ``reparameterize_model`` walks a model), in place.
+* :func:`deploy`: the inference form the paper measures, on a deep copy: every RepMLP block merged into
+  FCs and every conv + BN (and FC + BN) fused into one layer with bias, so no BatchNorm is left.
 """
 
 from __future__ import annotations
 
+import abc
 import copy
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -14,23 +24,60 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 
-def merge_submodules(module: nn.Module) -> None:
-    """Call ``switch_to_deploy()`` on every outermost submodule of ``module`` that defines it.
+class Reparameterizable(nn.Module, abc.ABC):
+    """A module with a training form and a merged inference form that gives the same outputs (eval mode).
 
-    A module that defines it merges its own insides (a RepMLP block merges its global perceptron;
-    a composite such as a RepMLPNet unit calls this function on itself first), so the submodules of
-    a merged module are not visited again.
+    ``deployed`` is ``False`` in the training form and ``True`` once merged. Subclasses call
+    ``super().__init__()`` first, branch their forward on ``self.deployed`` and implement
+    :meth:`_merge_own`.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deployed = False
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Merge in place: every re-parameterizable submodule not yet merged (children first), then this
+        module's own parameters. Raises ``ValueError`` if the module is already merged."""
+        self.check_not_merged("switch_to_deploy() was called twice")
+        for module in outermost_reparameterizable(self):
+            if not module.deployed:
+                module.switch_to_deploy()
+        self._merge_own()
+        self.deployed = True
+
+    @abc.abstractmethod
+    def _merge_own(self) -> None:
+        """Fold this module's own parameters into their inference form (its re-parameterizable
+        submodules are merged already); called once, by :meth:`switch_to_deploy`."""
+
+    def check_not_merged(self, why: str) -> None:
+        """Raise ``ValueError("<Class> is already merged: <why>")`` if the module is merged."""
+        if self.deployed:
+            raise ValueError(f"{type(self).__name__} is already merged: {why}")
+
+
+def outermost_reparameterizable(module: nn.Module) -> Iterator[Reparameterizable]:
+    """The re-parameterizable submodules of ``module`` (not ``module`` itself) with no re-parameterizable
+    module between them and ``module``: the ones whose ``switch_to_deploy()`` merges the rest."""
     for child in module.children():
-        _merge(child)
+        if isinstance(child, Reparameterizable):
+            yield child
+        else:
+            yield from outermost_reparameterizable(child)
 
 
-def _merge(module: nn.Module) -> None:
-    """``module.switch_to_deploy()`` where it defines one, else the same for its submodules."""
-    if callable(getattr(module, "switch_to_deploy", None)):
+def reparameterize_model(model: nn.Module) -> nn.Module:
+    """Merge ``model`` in place: ``switch_to_deploy()`` on ``model`` if it is re-parameterizable, else on
+    each of its outermost re-parameterizable submodules; returns ``model``.
+
+    Raises ``ValueError`` if one of them is already merged.
+    """
+    modules = [model] if isinstance(model, Reparameterizable) else outermost_reparameterizable(model)
+    for module in modules:
         module.switch_to_deploy()
-    else:
-        merge_submodules(module)
+    return model
 
 
 def _fuse_sequential_pairs(model: nn.Module) -> None:
@@ -53,16 +100,15 @@ def _fuse_sequential_pairs(model: nn.Module) -> None:
 def deploy(model: nn.Module) -> nn.Module:
     """A merged deep copy of ``model`` in eval mode; ``model`` is untouched.
 
-    1. ``switch_to_deploy()`` on every outermost module that defines it: RepMLP blocks
-       (:class:`~repmlp_lite.block.RepMLPBlock`), conv + BN layers
-       (:class:`~repmlp_lite.nets.ConvBNLayer`) and any other family's re-parameterizable modules.
+    1. :func:`reparameterize_model`: every re-parameterizable module merged (RepMLP blocks,
+       :class:`~repmlp_lite.block.RepMLPBlock`; conv + BN layers, :class:`~repmlp_lite.nets.ConvBNLayer`;
+       any other family's :class:`Reparameterizable` modules).
     2. Every BatchNorm that directly follows a ``Conv2d`` or ``Linear`` in an ``nn.Sequential``
        is folded into it (``torch.nn.utils.fusion``).
 
     A BN that follows neither is left in place. Raises ``ValueError`` if a module was already merged.
     """
-    merged = copy.deepcopy(model).eval()
-    _merge(merged)
+    merged = reparameterize_model(copy.deepcopy(model).eval())
     _fuse_sequential_pairs(merged)
     return merged.eval()  # the modules put in (Identity, fused layers) start in train mode
 

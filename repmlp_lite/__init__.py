@@ -4,7 +4,8 @@
 * :mod:`~repmlp_lite.fusion`: BatchNorm absorbed into the conv or FC next to it.
 * :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge;
   :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward.
-* :mod:`~repmlp_lite.deploy`: merging a whole model, and checking that the merge changed nothing.
+* :mod:`~repmlp_lite.reparameterize`: the one way a module says it is merged (``Reparameterizable``),
+  merging a whole model (``reparameterize_model``, ``deploy``), and checking that the merge changed nothing.
 * :mod:`~repmlp_lite.nets`: the paper's RepMLP bottleneck and Light block, and small nets for chapter 5.
 * :mod:`~repmlp_lite.resnets`, :mod:`~repmlp_lite.puremlp`: the networks of the paper's tables, at full size.
 * :mod:`~repmlp_lite.repmlpnet`: RepMLPNet (CVPR 2022): the block with share-sets and Locality Injection, the net.
@@ -22,7 +23,6 @@
 
 from .block import RepMLPBlock, partition, unpartition
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc, fc_forward, grouped_to_dense
-from .deploy import Equivalence, check_equivalence, deploy
 from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 from .nets import (
     RepMLPBottleneck,
@@ -35,6 +35,7 @@ from .nets import (
 from .official import load_official
 from .official_resnets import convert_v1_repmlp_resnet  # noqa: F401  (registers the converter)
 from .puremlp import pure_mlp
+from .reparameterize import Equivalence, Reparameterizable, check_equivalence, deploy, reparameterize_model
 from .repmlpnet import RepMLPNet, RepMLPNetBlock, RepMLPNetUnit, inject_locality, repmlpnet, small_repmlpnet
 from .resnets import repmlp_resnet
 from .zoo import create_model, list_models
@@ -47,6 +48,7 @@ __all__ = [
     "RepMLPNet",
     "RepMLPNetBlock",
     "RepMLPNetUnit",
+    "Reparameterizable",
     "ResNetBottleneck",
     "check_equivalence",
     "conv_bias_to_fc",
@@ -65,6 +67,7 @@ __all__ = [
     "pure_mlp",
     "repmlp_light_block",
     "repmlp_resnet",
+    "reparameterize_model",
     "repmlpnet",
     "small_conv_resnet",
     "small_repmlpnet",

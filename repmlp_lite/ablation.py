@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .data import load_digits_on_canvas
-from .deploy import deploy
+from .reparameterize import deploy
 from .repmlpnet import small_repmlpnet
 from .style import COLUMN_WIDTH_IN
 from .train import accuracy, predict, train

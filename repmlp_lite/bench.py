@@ -9,7 +9,7 @@
 * :func:`bottleneck_table`: the RepMLP bottleneck and Light block against the plain ResNet bottleneck.
 * :func:`net_vs_layers`: a whole net against the sum of its layers.
 * :func:`deploy_table`: how long :func:`~repmlp_lite.conv_as_fc.conv_to_fc` and a whole-model
-  :func:`~repmlp_lite.deploy.deploy` take, against the size of the FC kernels they build.
+  :func:`~repmlp_lite.reparameterize.deploy` take, against the size of the FC kernels they build.
 * :func:`~repmlp_lite.export.engine_table`: the merged net in PyTorch against onnxruntime.
 * RepMLPNet and the paper's speed claims: :mod:`repmlp_lite.paper_speed`.
 
@@ -36,7 +36,6 @@ from . import paper_speed
 from .block import RepMLPBlock
 from .block_costs import TIME_CATEGORIES, BareMatmuls, copy_bytes, time_breakdown
 from .conv_as_fc import conv_to_fc
-from .deploy import deploy
 from .export import engine_table
 from .measure import (
     count_flops,
@@ -56,6 +55,7 @@ from .nets import (
     small_repmlp_resnet,
 )
 from .paper_speed import repmlpnet_count_table, repmlpnet_table
+from .reparameterize import deploy
 
 __all__ = [  # the sweeps and the CLI, and the primitives the chapters reach through ``bench``
     "TIME_CATEGORIES", "BareMatmuls", "block_configs", "block_table", "bottleneck_configs", "bottleneck_table",

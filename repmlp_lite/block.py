@@ -34,6 +34,7 @@ from . import fast_forward
 from ._checks import check_4d, check_divisible, check_odd_kernel, check_positive
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
 from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
+from .reparameterize import Reparameterizable
 
 
 def partition(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -112,7 +113,7 @@ class ConvBN(nn.Sequential):
         return fuse_conv_bn(self.conv.weight, None, self.bn)
 
 
-class GlobalPerceptron(nn.Module):
+class GlobalPerceptron(Reparameterizable):
     """Pool each partition to a pixel, BN, FC1, ReLU, FC2: ``(N, C, H, W) -> (N, C, H/h, W/w)``.
 
     As in the authors' code, FC1 acts on the pooled pixels of *all* partitions at once
@@ -140,21 +141,19 @@ class GlobalPerceptron(nn.Module):
 
     def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """BN, FC1, ReLU, FC2 on partitions already pooled: ``(N, C, H/h, W/w)``, the same shape out."""
-        v = pooled if self.bn is None else self.bn(pooled)
+        v = pooled if self.deployed else self.bn(pooled)  # merged: the BN is in FC1
         v = self.fc2(F.relu(self.fc1(v.flatten(1))))
         return v.reshape(pooled.shape)
 
-    def switch_to_deploy(self) -> None:
+    def _merge_own(self) -> None:
         """Absorb the BN into FC1 (:func:`repmlp_lite.fusion.fuse_bn_linear`)."""
-        if self.bn is None:
-            raise ValueError("the global perceptron is already merged: switch_to_deploy() was called twice")
         weight, bias = fuse_bn_linear(self.bn, self.fc1.weight, self.fc1.bias, self.parts[0] * self.parts[1])
-        self.fc1.weight.data.copy_(weight)
-        self.fc1.bias.data.copy_(bias)
+        self.fc1.weight.copy_(weight)
+        self.fc1.bias.copy_(bias)
         self.bn = None
 
 
-class RepMLPBlock(nn.Module):
+class RepMLPBlock(Reparameterizable):
     """RepMLP: ``(N, C, H, W) -> (N, O, H, W)``, trained with conv branches, deployed as FCs.
 
     Args:
@@ -170,6 +169,8 @@ class RepMLPBlock(nn.Module):
             code does, it is built only when there is more than one partition:
             its job is to let partitions see each other, and a single partition has no other.
 
+    ``deployed`` (:class:`~repmlp_lite.reparameterize.Reparameterizable`) says which form the block is in;
+    :meth:`switch_to_deploy` merges the global perceptron, then FC3 (:meth:`_merge_own`).
     Parameters of the deployed form: FC3 has ``O*h*w * C*h*w / g`` weights, against
     ``O*H*W * C*H*W`` for one FC over the whole map.
     """
@@ -203,7 +204,6 @@ class RepMLPBlock(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.H, self.W, self.h, self.w = H, W, h, w
         self.groups = groups
-        self.deployed = False
 
         needs_global = global_perceptron and (H != h or W != w)
         self.global_perceptron = (
@@ -235,9 +235,8 @@ class RepMLPBlock(nn.Module):
             v = self.global_perceptron.from_pooled(pooled.permute(0, 3, 1, 2))  # (N, C, H/h, W/w)
             parts = parts + v.permute(0, 2, 3, 1).reshape(-1, c, 1, 1)  # one value per partition and channel
         out = self.fc3(parts.reshape(parts.shape[0], -1))  # (M, O*h*w)
-        if self.fc3_bn is not None:
+        if not self.deployed:  # FC3's BN and the conv branches (merged into FC3 once deployed)
             out = self.fc3_bn(out)
-        if self.local_perceptron:
             for branch in self.local_perceptron.values():
                 out = out + branch(parts).reshape(out.shape)
         out = out.reshape(-1, self.out_channels, self.h, self.w)
@@ -282,8 +281,7 @@ class RepMLPBlock(nn.Module):
 
         Uses the BN running statistics, so it equals the training form in eval mode.
         """
-        if self.deployed:
-            raise ValueError("the block is already merged: its conv branches and BNs are gone")
+        self.check_not_merged("its conv branches and BNs are gone")
         weight, bias = fuse_linear_bn(self.fc3.weight, None, self.fc3_bn)
         for branch in self.local_perceptron.values():
             kernel, conv_bias = branch.fused()
@@ -291,22 +289,14 @@ class RepMLPBlock(nn.Module):
             bias = bias + conv_bias_to_fc(conv_bias, self.h, self.w)
         return weight, bias
 
-    @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Merge in place into the inference form: FC1, FC2 and one FC3 with bias; no BN, no conv.
-
-        Raises ``ValueError`` when called a second time.
-        """
-        if self.deployed:
-            raise ValueError("the block is already merged: switch_to_deploy() was called twice")
+    def _merge_own(self) -> None:
+        """FC3, its BN and the conv branches become one FC3 with bias (:meth:`merged_fc3`); the global
+        perceptron's BN is folded into its FC1 before, by :meth:`switch_to_deploy`."""
         weight, bias = self.merged_fc3()
         self.fc3.weight.copy_(weight)
         self.fc3.bias = nn.Parameter(bias)
         self.fc3_bn = None
         self.local_perceptron = None
-        if self.global_perceptron is not None:
-            self.global_perceptron.switch_to_deploy()
-        self.deployed = True
 
     def extra_repr(self) -> str:
         return (

@@ -1,6 +1,6 @@
 """The merged model in another engine: ONNX export and onnxruntime.
 
-After :func:`~repmlp_lite.deploy.deploy`, a RepMLP block is FC layers and reshapes only, so its
+After :func:`~repmlp_lite.reparameterize.deploy`, a RepMLP block is FC layers and reshapes only, so its
 ONNX graph holds MatMul/Gemm nodes and no Conv. This module exports a model, runs it in
 onnxruntime, compares the outputs and counts the Conv nodes inside and outside the RepMLP blocks;
 :func:`engine_table` times the merged net in both engines (``python -m repmlp_lite.bench``).
@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from .block import RepMLPBlock
-from .deploy import deploy
 from .measure import count_flops, count_parameters, interleaved_ms, median_ms, median_ratio, randomize_bn
 from .nets import small_conv_resnet, small_repmlp_resnet
+from .reparameterize import deploy
 
 _BLOCK_CLASS = f"{RepMLPBlock.__module__}.{RepMLPBlock.__qualname__}"  # "repmlp_lite.block.RepMLPBlock"
 
@@ -44,7 +44,7 @@ def export_onnx(
     """Export ``model`` (eval mode, float32, on the CPU) to ONNX with a dynamic batch size.
 
     Args:
-        model: typically a merged model (:func:`~repmlp_lite.deploy.deploy`).
+        model: typically a merged model (:func:`~repmlp_lite.reparameterize.deploy`).
         x: an example input; ``None`` means one 3x32x32 image.
         f: also write the model there (a path or a ``BytesIO``); ``None``: only return it.
         dynamo: ``True`` for the ``torch.export``-based exporter, ``False`` for the TorchScript one,

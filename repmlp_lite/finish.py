@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import save_atomic
-from .deploy import deploy
+from .reparameterize import deploy
 from .runtime import Runtime, autocast, reduce_values
 from .zoo import create_model
 

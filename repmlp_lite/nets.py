@@ -26,10 +26,11 @@ from torch import nn
 from ._checks import check_divisible, check_positive
 from .block import RepMLPBlock
 from .fusion import fuse_conv_bn
+from .reparameterize import Reparameterizable
 from .zoo import register_model
 
 
-class ConvBNLayer(nn.Module):
+class ConvBNLayer(Reparameterizable):
     """Conv (no bias) + BatchNorm2d (+ an activation): ``(N, C, H, W) -> (N, O, H', W')``.
 
     ``padding`` defaults to ``K // 2`` ("same" at stride 1); ``act`` defaults to none. After
@@ -55,15 +56,12 @@ class ConvBNLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
-        if self.bn is not None:
+        if not self.deployed:  # merged: the BN is in the conv
             x = self.bn(x)
         return self.act(x)
 
-    @torch.no_grad()
-    def switch_to_deploy(self) -> None:
+    def _merge_own(self) -> None:
         """Fold the BN into the conv (:func:`repmlp_lite.fusion.fuse_conv_bn`); eval-mode outputs unchanged."""
-        if self.bn is None:
-            raise ValueError("the conv and its BN are already fused: switch_to_deploy() was called twice")
         weight, bias = fuse_conv_bn(self.conv.weight, self.conv.bias, self.bn)
         self.conv.weight.copy_(weight)
         self.conv.bias = nn.Parameter(bias)

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .deploy import deploy
 from .measure import (
     count_flops,
     count_parameters,
@@ -34,6 +33,7 @@ from .measure import (
     randomize_bn,
     torch_threads,
 )
+from .reparameterize import deploy
 from .repmlpnet import RepMLPNetBlock, fc3_forward
 from .tables import PAPER_THROUGHPUT, REPMLPNET_README
 from .zoo import create_model

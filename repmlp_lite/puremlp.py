@@ -38,7 +38,9 @@ class PartitionConvBlock(nn.Module):
     """Row D of Table 1: a RepMLP block whose FC3 is a ``K x K`` grouped conv (+ BN) on each partition.
 
     ``(N, C, H, W) -> (N, C, H, W)``: global perceptron as in :class:`~repmlp_lite.block.RepMLPBlock`,
-    then the conv on the ``h x w`` partitions (zero padding at each partition's border).
+    then the conv on the ``h x w`` partitions (zero padding at each partition's border). It has no
+    weights of its own to merge: :func:`~repmlp_lite.reparameterize.reparameterize_model` merges its
+    conv + BN and its global perceptron.
     """
 
     def __init__(self, channels: int, H: int, W: int, h: int, w: int, groups: int, kernel_size: int = 9):
@@ -55,14 +57,6 @@ class PartitionConvBlock(nn.Module):
             v = self.global_perceptron(x)  # (N, C, H/h, W/w): one value per partition and channel
             x = x + v.repeat_interleave(self.h, 2).repeat_interleave(self.w, 3)
         return unpartition(self.conv(partition(x, self.h, self.w)), n, height, width)
-
-    @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Fold the BN into the conv (:meth:`ConvBNLayer.switch_to_deploy`, which raises when called
-        twice) and the global perceptron's BN into its FC1."""
-        self.conv.switch_to_deploy()
-        if self.global_perceptron is not None:
-            self.global_perceptron.switch_to_deploy()
 
 
 def _mixer(kind: str, channels: int, size: int, h: int, groups: int, reparam_conv_k: Sequence[int],

@@ -17,10 +17,11 @@ whose sides ``h`` and ``w`` divide.
 
 The net: patch embedding (conv ``4x4`` stride 4, BN, ReLU), four stages of units
 ``y = x + block(BN(x)); z = y + FFN(BN(y))``, a ``2x2`` stride-2 conv+BN+ReLU between stages,
-then BN, global average pool and a linear head. Every module that merges has its own
-``switch_to_deploy()``; a unit and the net merge their submodules first
-(:func:`repmlp_lite.deploy.merge_submodules`), then their own BN folds. The deployed net keeps one BatchNorm per unit (``prebn1``): FC3 shares its
-weights across a set's channels, while that BN scales each channel differently.
+then BN, global average pool and a linear head. Every module that merges is a
+:class:`~repmlp_lite.reparameterize.Reparameterizable`: its ``switch_to_deploy()`` merges its
+submodules first (a unit: its block and FFN; the net: every unit and conv + BN), then folds its own
+BN. The deployed net keeps one BatchNorm per unit (``prebn1``): FC3 shares its weights across a
+set's channels, while that BN scales each channel differently.
 """
 
 from __future__ import annotations
@@ -35,17 +36,13 @@ from torch import nn
 from ._checks import check_4d, check_divisible, check_positive
 from .block import ConvBN, grouped_linear, partition, unpartition
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
-from .deploy import merge_submodules
 from .fusion import bn_scale_shift, fuse_bn_linear
 from .nets import ConvBNLayer
 from .official import register_official, renamed_state_dict
+from .reparameterize import Reparameterizable
 from .zoo import register_model
 
 FC3Impl = Literal["matmul", "conv"]
-
-
-def _already_merged(what: str) -> ValueError:
-    return ValueError(f"{what} is already merged: switch_to_deploy() was called twice")
 
 
 class ChannelGate(nn.Module):
@@ -94,7 +91,7 @@ def fc3_forward(
     return grouped_linear(rows, weight, bias, sets)  # FC3 with share-sets is a grouped FC with g = S
 
 
-class RepMLPNetBlock(nn.Module):
+class RepMLPNetBlock(Reparameterizable):
     """The RepMLPNet block: ``(N, C, H, W) -> (N, C, H, W)`` for any ``H, W`` divisible by ``h, w``.
 
     Args:
@@ -127,7 +124,6 @@ class RepMLPNetBlock(nn.Module):
             raise ValueError(f"reparam_conv_k={tuple(reparam_conv_k)} repeats a kernel size: each branch needs its own")
         self.channels, self.h, self.w, self.sets = channels, h, w, num_sharesets
         self.fc3_impl: FC3Impl = fc3_impl
-        self.deployed = False
         self.gate = ChannelGate(channels, gate_reduction)
         features = num_sharesets * h * w
         self.fc3_weight = nn.Parameter(torch.empty(features, h * w))
@@ -150,9 +146,8 @@ class RepMLPNetBlock(nn.Module):
         rows = parts.reshape(-1, self.sets * self.h * self.w)  # (M*C/S, S*h*w): channel c = k*S + s
         out = fc3_forward(rows, self.fc3_weight, self.fc3_bias, self.sets, self.fc3_impl)
         out = out.reshape(-1, self.sets, self.h, self.w)
-        if self.fc3_bn is not None:
+        if not self.deployed:  # FC3's BN and the conv branches (injected into FC3 once deployed)
             out = self.fc3_bn(out)
-        if self.local_perceptron:
             sets_map = parts.reshape(-1, self.sets, self.h, self.w)
             for branch in self.local_perceptron.values():
                 out = out + branch(sets_map)
@@ -164,8 +159,7 @@ class RepMLPNetBlock(nn.Module):
         """Each branch as an FC3-shaped ``(weight (S*h*w, h*w), bias (S*h*w,))``: ``"fc3"`` (FC3 with its
         BN folded in) and ``"conv1"``, ``"conv3"``, ... (conv+BN through :func:`conv_to_fc`). Their sum
         is the merged FC3 (:meth:`merged_fc3`)."""
-        if self.deployed or self.fc3_bn is None or self.local_perceptron is None:
-            raise _already_merged("the block")
+        self.check_not_merged("its conv branches and BN are injected into FC3")
         hw = self.h * self.w
         scale, shift = bn_scale_shift(self.fc3_bn)
         parts = {"fc3": (self.fc3_weight * scale.repeat_interleave(hw)[:, None], shift.repeat_interleave(hw))}
@@ -181,15 +175,13 @@ class RepMLPNetBlock(nn.Module):
         weights, biases = zip(*self.injection_parts().values())
         return torch.stack(weights).sum(0), torch.stack(biases).sum(0)
 
-    @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Merge in place: one FC3 with bias; no BN, no conv. Raises ``ValueError`` the second time."""
+    def _merge_own(self) -> None:
+        """Locality Injection in place: one FC3 with bias; no BN, no conv."""
         weight, bias = self.merged_fc3()
         self.fc3_weight.copy_(weight)
         self.fc3_bias = nn.Parameter(bias)
         self.fc3_bn = None
         self.local_perceptron = None
-        self.deployed = True
 
     def extra_repr(self) -> str:
         return f"C={self.channels}, h x w={self.h}x{self.w}, S={self.sets}, deployed={self.deployed}"
@@ -207,7 +199,7 @@ class FFN(nn.Module):
         return self.fc2(self.fc1(x))
 
 
-class RepMLPNetUnit(nn.Module):
+class RepMLPNetUnit(Reparameterizable):
     """``y = x + block(prebn1(x)); z = y + ffn(prebn2(y))``.
 
     Deployed, ``prebn2`` is folded into the FFN's first 1x1 conv; ``prebn1`` stays (a per-channel
@@ -232,15 +224,11 @@ class RepMLPNetUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x + self.block(self.prebn1(x))
-        return y + self.ffn(self.prebn2(y) if self.prebn2 is not None else y)
+        return y + self.ffn(y if self.deployed else self.prebn2(y))  # merged: prebn2 is in the FFN
 
-    @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Merge the block and the FFN, then fold ``prebn2`` into the FFN's first conv
-        (:func:`repmlp_lite.fusion.fuse_bn_linear`)."""
-        if self.prebn2 is None:
-            raise _already_merged("the unit")
-        merge_submodules(self)
+    def _merge_own(self) -> None:
+        """Fold ``prebn2`` into the FFN's first conv (:func:`repmlp_lite.fusion.fuse_bn_linear`); the block
+        and the FFN are merged already."""
         conv = self.ffn.fc1.conv
         weight, bias = fuse_bn_linear(self.prebn2, conv.weight.flatten(1), conv.bias)
         conv.weight.copy_(weight.reshape(conv.weight.shape))
@@ -248,7 +236,7 @@ class RepMLPNetUnit(nn.Module):
         self.prebn2 = None
 
 
-class RepMLPNet(nn.Module):
+class RepMLPNet(Reparameterizable):
     """RepMLPNet: ``(N, in_channels, H, W) -> (N, num_classes)``.
 
     Args:
@@ -300,17 +288,13 @@ class RepMLPNet(nn.Module):
             if i > 0:
                 x = self.downsamples[i - 1](x)
             x = stage(x)
-        if self.head_norm is not None:
+        if not self.deployed:  # merged: head_norm is in the head
             x = self.head_norm(x)
         return self.head(x.mean((2, 3)))
 
-    @torch.no_grad()
-    def switch_to_deploy(self) -> None:
-        """Merge every unit and conv+BN, then fold ``head_norm`` into the head (a BN before a global
-        pool is one before the FC)."""
-        if self.head_norm is None:
-            raise _already_merged("the head")
-        merge_submodules(self)
+    def _merge_own(self) -> None:
+        """Fold ``head_norm`` into the head (a BN before a global pool is one before the FC); the units
+        and conv + BN layers are merged already."""
         weight, bias = fuse_bn_linear(self.head_norm, self.head.weight, self.head.bias)
         self.head.weight.copy_(weight)
         self.head.bias.copy_(bias)

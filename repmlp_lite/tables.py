@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .deploy import deploy
 from .measure import count_flops, count_parameters
+from .reparameterize import deploy
 from .zoo import create_model
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from .deploy import deploy as to_inference_form
+from .reparameterize import deploy as to_inference_form
 
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from repmlp_lite.block import RepMLPBlock
-from repmlp_lite.deploy import deploy
 from repmlp_lite.measure import count_flops, count_parameters, latency_ms
+from repmlp_lite.reparameterize import deploy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

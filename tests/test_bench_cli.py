@@ -16,9 +16,9 @@ from torch import nn
 from repmlp_lite.bench import block_configs, measure_block, write_csv
 from repmlp_lite.block import RepMLPBlock, partition
 from repmlp_lite.block_costs import TIME_CATEGORIES, BareMatmuls, copy_bytes, time_breakdown
-from repmlp_lite.deploy import deploy
 from repmlp_lite.export import conv_nodes, export_onnx, merged_small_repmlp_resnet, onnxruntime_fn, round_trip
 from repmlp_lite.measure import count_flops
+from repmlp_lite.reparameterize import deploy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

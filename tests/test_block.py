@@ -12,7 +12,7 @@ from torch import nn
 from repmlp_lite import fast_forward
 from repmlp_lite.block import GlobalPerceptron, GroupedFC, RepMLPBlock, partition, unpartition
 from repmlp_lite.conv_as_fc import fc_forward
-from repmlp_lite.deploy import check_equivalence, deploy
+from repmlp_lite.reparameterize import check_equivalence, deploy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -235,7 +235,7 @@ def test_global_perceptron_switch_to_deploy(randomize_bn, assert_equivalent):
         after = gp(x)
     assert gp.bn is None
     assert_equivalent(after, before)
-    with pytest.raises(ValueError, match=r"switch_to_deploy\(\) was called twice"):
+    with pytest.raises(ValueError, match=r"GlobalPerceptron is already merged: switch_to_deploy\(\) was called"):
         gp.switch_to_deploy()
 
 
@@ -288,11 +288,11 @@ def test_bad_input_raises(shape, match):
 def test_merging_twice_raises():
     block = RepMLPBlock(4, 4, 8, 8, 4, 4).eval()
     block.switch_to_deploy()
-    with pytest.raises(ValueError, match=r"switch_to_deploy\(\) was called twice"):
+    with pytest.raises(ValueError, match=r"RepMLPBlock is already merged: switch_to_deploy\(\) was called"):
         block.switch_to_deploy()
-    with pytest.raises(ValueError, match=r"already merged"):
+    with pytest.raises(ValueError, match=r"RepMLPBlock is already merged: its conv branches and BNs are gone"):
         block.merged_fc3()
-    with pytest.raises(ValueError, match=r"switch_to_deploy\(\) was called twice"):
+    with pytest.raises(ValueError, match=r"RepMLPBlock is already merged: switch_to_deploy\(\) was called"):
         deploy(block)
     # a deployed block still runs on valid input and rejects bad input
     assert block(torch.randn(1, 4, 8, 8)).shape == (1, 4, 8, 8)

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from repmlp_lite.data import DATASETS, ImageData, load_dataset, load_digits
-from repmlp_lite.deploy import check_equivalence
 from repmlp_lite.nets import small_repmlp_resnet
+from repmlp_lite.reparameterize import check_equivalence
 from repmlp_lite.train import History, accuracy, pick_device, predict, seed_everything, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from repmlp_lite.block import RepMLPBlock
-from repmlp_lite.deploy import batchnorms_left, check_equivalence, deploy
 from repmlp_lite.nets import (
     RepMLPBottleneck,
     ResNetBottleneck,
@@ -17,6 +16,7 @@ from repmlp_lite.nets import (
     small_conv_resnet,
     small_repmlp_resnet,
 )
+from repmlp_lite.reparameterize import batchnorms_left, check_equivalence, deploy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

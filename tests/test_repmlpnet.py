@@ -116,12 +116,14 @@ def test_net_deploy_exact_at_two_resolutions(dtype, tol, train_steps, randomize_
 def test_merging_twice_raises():
     net = small_repmlpnet()
     merged = deploy(net)
-    with pytest.raises(ValueError, match="already merged"):
+    with pytest.raises(ValueError, match="RepMLPNet is already merged"):
         deploy(merged)
     for m in merged.modules():
         if hasattr(m, "switch_to_deploy"):
-            with pytest.raises(ValueError, match="called twice"):
+            with pytest.raises(ValueError, match=rf"{type(m).__name__} is already merged: .* called twice"):
                 m.switch_to_deploy()
+    with pytest.raises(ValueError, match="RepMLPNetBlock is already merged: its conv branches"):
+        merged.stages[0][0].block.merged_fc3()
 
 
 # ---- the authors' partition order --------------------------------------------------------------

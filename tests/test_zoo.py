@@ -13,9 +13,9 @@ from torch import nn
 
 from repmlp_lite import create_model, deploy, list_models
 from repmlp_lite.block import RepMLPBlock
-from repmlp_lite.deploy import batchnorms_left
 from repmlp_lite.measure import randomize_bn
 from repmlp_lite.nets import RepMLPBottleneck, RepMLPLightBlock, ResNetBottleneck
+from repmlp_lite.reparameterize import batchnorms_left
 from repmlp_lite.tables import ROWS, recount, truncated
 
 pytestmark = pytest.mark.usefixtures("single_thread")

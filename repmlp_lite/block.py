@@ -118,7 +118,8 @@ class GlobalPerceptron(Reparameterizable):
 
     As in the authors' code, FC1 acts on the pooled pixels of *all* partitions at once
     (``C * H/h * W/w`` features), and FC2 maps back to that size: each partition's
-    correction depends on the whole image.
+    correction depends on the whole image. (The paper's Sec. 4.4 implies the same: more
+    partitions, more parameters in FC1 and FC2.)
     """
 
     def __init__(self, channels: int, h_parts: int, w_parts: int, h: int, w: int, fc1_fc2_reduction: int):
@@ -277,7 +278,8 @@ class RepMLPBlock(Reparameterizable):
     def merged_fc3(self) -> tuple[torch.Tensor, torch.Tensor]:
         """FC3+BN plus every conv+BN branch as one grouped FC: ``(weight (O*h*w, C*h*w/g), bias (O*h*w,))``.
 
-        The paper's merge: BN absorption (Sec. 3.4, Eq. 16 and 17), each conv as an FC (Sec. 3.3), summed.
+        The paper's merge: BN absorption (Sec. 3.4, Eq. 16 and 17), each conv as an FC (Sec. 3.3, Eq. 15),
+        summed (Sec. 3.4).
 
         Uses the BN running statistics, so it equals the training form in eval mode.
         """

@@ -1,4 +1,4 @@
-"""Conv as FC: the FC kernel that does exactly what a conv does (paper, Sec. 3.3).
+"""Conv as FC: the FC kernel that does exactly what a conv does (paper, Sec. 3.3, Eq. 8 and 15).
 
 A conv with kernel ``F`` of shape ``(O, C/g, K, K)`` and padding ``p`` acting on a
 ``(C, h, w)`` input is a linear map, so there is a matrix ``W(F, p)`` with
@@ -13,7 +13,8 @@ as rows. That is all :func:`conv_to_fc` does.
 With ``groups = g`` the map is block-diagonal: group ``j``'s outputs see only group
 ``j``'s inputs. We keep the compact *grouped* form of shape ``(O*h'*w', (C/g)*h*w)``,
 the weight layout of a grouped FC (a grouped 1x1 conv): rows of group ``j`` are the
-``j``-th block of ``O/g`` output channels. :func:`grouped_to_dense` expands it.
+``j``-th block of ``O/g`` output channels (the layout of the paper's Alg. 1, Appendix B).
+:func:`grouped_to_dense` expands it.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ In eval mode ``BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta = s * y + t``
   ``BN(y) = (s * W) x + (s * b + t)``: scale output channel ``i``'s weights by ``s[i]``
   (:func:`fuse_conv_bn`, :func:`fuse_linear_bn`).
 * Before an FC, ``W BN(x) + b = (W * s) x + (W t + b)``: scale input column ``j`` by ``s[j]``
-  (:func:`fuse_bn_linear`, the global perceptron's BN absorbed into FC1).
+  (:func:`fuse_bn_linear`, the global perceptron's BN absorbed into FC1: the paper's Sec. 3.4 and
+  Appendix C, Alg. 2).
 
 The training-time statistics are frozen: these are equalities in eval mode only.
 """

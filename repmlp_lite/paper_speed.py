@@ -1,8 +1,9 @@
 """The zoo nets at full size, timed and counted: the paper's speed claims and RepMLPNet-B224.
 
 The RepMLP paper (Tables 4 and 7) reports throughput on a GTX 1080Ti at batch 128: RepMLP-Res50 636
-examples/s, its Light variant 1074, ResNet-50 689, ResNet-101 421. So it claims the Light net runs at
-1.56x ResNet-50's throughput, and RepMLP-Res50 at 1.51x ResNet-101's (0.92x ResNet-50's).
+examples/s, its Light variant 1074, ResNet-50 689, ResNet-101 421. As ratios of those figures, the Light
+net runs at 1.56x ResNet-50's throughput and RepMLP-Res50 at 1.51x ResNet-101's (0.92x ResNet-50's);
+the paper's text says 55% and 50% faster (Sec. 4.2, Appendix A).
 :func:`speed_table` times the deployed nets here (every RepMLP merged, every conv + BN fused),
 interleaved round by round, and gives each throughput ratio as the median of the per-round ratios
 beside the paper's. :func:`profile_table` says where a net spends its time (``torch.profiler``).

@@ -9,9 +9,11 @@ where each FC is a 1x1 conv + BN + ReLU; the last FC of a stage widens to the ne
 mixer is a RepMLP block (``g = 2``, ``h = w = 8``, local perceptron K = 1, 3, 5, 7, FC1 reduction 1)
 + ReLU. Head: global average pool, FC(512) + BN + ReLU, FC(10).
 
-The counts decide what the figure leaves open: the table's 22.41M parameters and 52.8M FLOPs come
-out only with the widening FC at the *end* of each stage; its 118.9M FLOPs before conversion only
-with the four kernel sizes 1, 3, 5, 7 (not the ImageNet nets' 1, 3, 5).
+Fig. 3's caption has the last layer of a stage widen the channels, and the counts confirm it: the
+table's 22.41M parameters and 52.8M FLOPs come out only with the widening FC at the *end* of each stage.
+They also decide what the paper leaves open (Sec. 4.1 names no kernel sizes): its 118.9M FLOPs before
+conversion come out only with the four kernel sizes 1, 3, 5, 7 of Fig. 1's example (not the ImageNet
+nets' 1, 3, 5).
 
 The variants of Table 1 swap the mixer (``mixer=``): "repmlp" (rows Pure MLP, A, B with
 ``reparam_conv_k=()``, C with ``global_perceptron=False``), "fc3_conv9" (row D: FC3 replaced by a

@@ -13,8 +13,10 @@ Two recipes, picked by the model's name (every value can be overridden on the co
 * ``sgd`` (everything else): SGD with momentum 0.9 (Nesterov), a cosine schedule, ``lr = 0.05 x B / 64``
   and weight decay 5e-4: the book's :func:`repmlp_lite.train.train` (chapter 5), which trains the small
   nets on the digits to high accuracy in a few epochs; no warm-up, no label smoothing. The RepMLP paper
-  (v1) publishes no training script for its ResNets or the CIFAR pure MLP; for ImageNet ResNets pass the
-  usual ``--lr 0.1 --weight-decay 1e-4 --warmup-epochs 5`` at B = 256 (Goyal et al., 2017).
+  publishes no training script, only its settings in prose: for the CIFAR pure MLP (Sec. 4.1) batch 128,
+  100 epochs, cosine learning rate from 0.2 to 0; for the ImageNet ResNets (Sec. 4.2) global batch 256,
+  100 epochs, cosine from 0.1 to 0, weight decay 1e-4, momentum 0.9, with mixup and AutoAugment (not
+  reproduced here). Pass ``--lr``, ``--weight-decay`` and ``--epochs`` to follow them.
 
 Both exclude from weight decay every 1-D parameter (BN weights and biases, all biases), as Swin's
 ``optimizer.py`` (``set_weight_decay``) does in the authors' script.

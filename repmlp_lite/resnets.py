@@ -2,7 +2,8 @@
 
 :func:`repmlp_resnet` builds ResNet-50/101 (torchvision layout: 7x7 stem, max-pool, stages c2..c5 of
 bottlenecks with 64/128/256/512 middle channels, stride on the 3x3) and puts RepMLP blocks into any
-set of its stages. As in the authors' code, a block with stride 2 (the first of c3, c4, c5) stays a
+set of its stages. As the paper says (Sec. 3.5) and the authors' code does, a block with stride 2 (the
+first of c3, c4, c5) stays a
 ResNet bottleneck; every other block of a chosen stage is a :class:`~repmlp_lite.nets.RepMLPBottleneck`
 (or a :class:`~repmlp_lite.nets.RepMLPLightBlock`), c2's first block included (its shortcut is a
 1x1 conv + BN, 64 -> 256 channels). Counting Table 3 confirms it: with c2's first block left a
@@ -120,7 +121,7 @@ def repmlp_resnet(
 # ---- the rows of the paper's tables -------------------------------------------------------------
 
 _C3C4 = ("c3", "c4")
-_R = {"c3": 2, "c4": 4}  # the paper's r in c3 and c4 (Table 3: r = 2, 2, 4, 4 in c2 ... c5)
+_R = {"c3": 2, "c4": 4}  # the paper's r in c3 and c4 (Sec. 4.2: r = 2, 2, 4, 4 in c2 ... c5)
 
 
 @register_model("resnet50_224")

@@ -85,7 +85,8 @@ ROWS: tuple[PaperRow, ...] = (
 # examples/s on one GTX 1080Ti, batch 128 (paper, Tables 2, 4 and 7), by zoo name
 PAPER_THROUGHPUT: dict[str, int] = {row.model: row.speed for row in ROWS if row.speed is not None and not row.kwargs}
 
-# The authors' README (DingXiaoH/RepMLP): parameters (M, training form) and FLOPs (G multiply-adds).
+# The authors' README (DingXiaoH/RepMLP): parameters (M) and FLOPs (G) as printed; it does not say how it
+# counted (chapter 7 counts training-form parameters and deployed multiply-adds).
 REPMLPNET_README = {
     "repmlpnet_t224": (38.3, 2.8), "repmlpnet_b224": (68.2, 6.7), "repmlpnet_t256": (58.7, 4.2),
     "repmlpnet_b256": (96.5, 9.6), "repmlpnet_d256": (86.9, 8.6), "repmlpnet_l256": (117.7, 11.5),

@@ -195,7 +195,8 @@ def test_errors_name_the_parameter_and_rule():
 
 # ---- the zoo and the published counts ------------------------------------------------------------
 
-# The authors' README: params (training form) and GFLOPs (multiply-adds, deployed) as printed
+# The authors' README: params and GFLOPs as printed (it does not say how it counted; matched here by
+# training-form parameters and deployed multiply-adds)
 PUBLISHED = {"repmlpnet_t224": (38.3, 2.8, 224), "repmlpnet_b224": (68.2, 6.7, 224)}
 
 

@@ -66,8 +66,8 @@ def test_repmlp_res50_layout():
 
 
 def test_table3_c2_uses_repmlp_in_its_first_block_too():
-    """c2's first block has stride 1: as in the authors' code it is a RepMLP bottleneck (with a
-    1x1 conv shortcut, 64 -> 256); only stride-2 blocks stay ResNet bottlenecks."""
+    """c2's first block has stride 1: as the paper's Sec. 3.5 (only stride-2 blocks stay ResNet
+    bottlenecks) and the authors' code have it, it is a RepMLP bottleneck (1x1 conv shortcut, 64 -> 256)."""
     with torch.device("meta"):
         net = create_model("repmlp_resnet", repmlp_stages=("c2",), r=2)
     assert [type(b) for b in net.c2] == [RepMLPBottleneck] * 3

@@ -3,7 +3,7 @@
 Each model family registers a converter with :func:`register_official`: it renames (and, where
 the layouts differ, reshapes) the authors' state dict into this package's keys. :func:`load_official`
 then checks the result against the model key by key and loads it strictly. The converter of the
-authors' v1 RepMLP-ResNets is in :mod:`repmlp_lite.official_resnets`.
+authors' RepMLP-ResNets (first paper) is in :mod:`repmlp_lite.official_resnets`.
 """
 
 from __future__ import annotations

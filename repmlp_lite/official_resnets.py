@@ -1,4 +1,5 @@
-"""Checkpoints of the authors' v1 RepMLP-ResNets (DingXiaoH/RepMLP, ``repmlp_resnet.py``) for the zoo.
+"""Checkpoints of the authors' RepMLP-ResNets of the first paper (DingXiaoH/RepMLP,
+``repmlp_resnet.py``) for the zoo.
 
 Their layout, training form (``deploy=False``), and where each key goes here:
 

@@ -81,6 +81,9 @@ def command_step_s(data: str, out: Path, steps: int, batch: int) -> float:
 def bare_step_s(data: str, steps: int, batch: int) -> float:
     """Seconds per step of forward + backward + step alone, on the command's model and its first images."""
     splits = build_splits(data, 32)
+    if steps * batch > len(splits.train):
+        raise ValueError(f"--steps x --batch-size = {steps * batch} exceeds the {len(splits.train)} training "
+                         f"images of {data!r} (one epoch); use at most {len(splits.train) // batch} steps")
     x, y = next(iter(DataLoader(Subset(splits.train, range(steps * batch)), batch_size=steps * batch)))
     torch.manual_seed(0)
     model = create_model("small_repmlp_resnet", num_classes=10, in_channels=splits.in_channels, image_size=32)

@@ -28,6 +28,7 @@ import dataclasses
 import fcntl
 import functools
 import http.server
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -41,6 +42,11 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# The book's own build extension (book/_ext, not a package): the tests read _toc.yml and check the
+# Colab copies with its functions.
+_spec = importlib.util.spec_from_file_location("colab_copies", REPO / "book" / "_ext" / "colab_copies.py")
+colab_copies = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(colab_copies)
 BUILD_DIR = REPO / "_build"
 HTML_DIR = BUILD_DIR / "html"
 LOG_PATH = BUILD_DIR / "book-build.log"
@@ -73,29 +79,10 @@ def local_only_context(browser, outside: list[str], **options):
     return context
 
 
-def _toc_files() -> list[str]:
-    """The documents of ``_toc.yml`` in reading order (root first), without their suffixes."""
-    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
-    files: list[str] = [str(toc["root"])]
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(str(node["file"]).removesuffix(".ipynb").removesuffix(".md"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(toc.get("parts", toc.get("chapters", [])))
-    return files
-
-
 # Every page of the book, in the order of its "next" links; the chapters are its notebooks.
 # Both come from _toc.yml, so a chapter added there is checked without editing the tests
 # (test_book checks that every notebook in notebooks/ is listed, and built).
-PAGES = _toc_files()
+PAGES = colab_copies.toc_pages(REPO)
 CHAPTERS = [page for page in PAGES if page.startswith("notebooks/")]
 
 _REPOSITORY = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]

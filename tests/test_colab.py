@@ -12,19 +12,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
+from book_fixtures import REPO, colab_copies
 from bs4 import BeautifulSoup
 from markdown_it import MarkdownIt
-
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("colab_copies", REPO / "book" / "_ext" / "colab_copies.py")
-colab_copies = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(colab_copies)
 
 CHAPTERS = sorted((REPO / "notebooks").glob("*.ipynb"))
 COPIES = [REPO / colab_copies.COLAB_DIR / path.name for path in CHAPTERS]

@@ -72,9 +72,23 @@ def repository(root: Path = ROOT) -> tuple[str, str]:
 
 
 def toc_pages(root: Path = ROOT) -> list[str]:
-    """The book's pages in reading order (``_toc.yml``: the root, then every part's chapters)."""
+    """The book's pages in reading order (``_toc.yml``: the root, then every ``file`` of its parts,
+    chapters and sections, depth first), without their suffixes."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
-    return [toc["root"]] + [chapter["file"] for part in toc["parts"] for chapter in part["chapters"]]
+    pages: list[str] = [str(toc["root"])]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                pages.append(str(node["file"]).removesuffix(".ipynb").removesuffix(".md"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc.get("parts", toc.get("chapters", [])))
+    return pages
 
 
 def install_cell(url: str) -> str:

@@ -2,6 +2,7 @@
 
 * :mod:`~repmlp_lite.conv_as_fc`: a conv as an FC kernel, built by convolving an identity matrix.
 * :mod:`~repmlp_lite.fusion`: BatchNorm absorbed into the conv or FC next to it.
+* :mod:`~repmlp_lite.layers`: the layers several networks share (grouped FC, conv + BN, FC + BN).
 * :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge;
   :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward.
 * :mod:`~repmlp_lite.reparameterize`: the one way a module says it is merged (``Reparameterizable``),
@@ -33,7 +34,6 @@ from .nets import (
     small_repmlp_resnet,
 )
 from .official import load_official
-from .official_resnets import convert_v1_repmlp_resnet  # noqa: F401  (registers the converter)
 from .puremlp import pure_mlp
 from .reparameterize import Equivalence, Reparameterizable, check_equivalence, deploy, reparameterize_model
 from .repmlpnet import RepMLPNet, RepMLPNetBlock, RepMLPNetUnit, inject_locality, repmlpnet, small_repmlpnet

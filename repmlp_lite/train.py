@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, check_fits, load_checkpoint, rng_states, save_atomic, set_rng_states
-from .datasets import Augmented, DataError, Splits, build_splits, download_cifar
+from .data import Augmented, DataError, Splits, build_splits, download_cifar
 from .finish import evaluate, finish, log_record
 from .recipe import Recipe, make_optimizer, recipe_for, warmup_cosine
 from .runtime import (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tarfile
@@ -18,7 +17,7 @@ from PIL import Image
 
 from repmlp_lite import create_model
 from repmlp_lite.checkpoint import save_atomic
-from repmlp_lite.datasets import Augmented, cifar_transform, load_cifar, random_resized_crop_box
+from repmlp_lite.data import Augmented, cifar_transform, load_cifar, random_resized_crop_box
 from repmlp_lite.train import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -44,23 +43,6 @@ def image_folder(tmp_path_factory) -> Path:
             for i in range(n):
                 suffix = ".png" if name == "cat" else ".jpg"  # both decoders
                 _write_image(root / split / name / f"{i}{suffix}", seed=100 * c + 10 * (split == "val") + i)
-    return root
-
-
-def _cifar_batch(n: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
-
-
-@pytest.fixture(scope="module")
-def cifar_dir(tmp_path_factory) -> Path:
-    """CIFAR-10's published layout, with 16 training and 8 test images of random pixels."""
-    root = tmp_path_factory.mktemp("cifar")
-    batches = root / "cifar-10-batches-py"
-    batches.mkdir()
-    for name, n, seed in (("data_batch_1", 8, 1), ("data_batch_2", 8, 2), ("test_batch", 8, 3)):
-        (batches / name).write_bytes(pickle.dumps(_cifar_batch(n, seed)))
-    (batches / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
     return root
 
 

@@ -25,7 +25,8 @@ import torch
 
 # what every checkpoint of the training command holds (training_run.save_checkpoint)
 CHECKPOINT_KEYS = (
-    "model_name", "model_kwargs", "args", "model", "optimizer", "scheduler", "scaler", "epoch", "step", "loss_sum", "rng",
+    "model_name", "model_kwargs", "args", "model", "optimizer", "scheduler", "scaler", "epoch", "step", "loss_sum",
+    "rng",
 )
 
 
@@ -102,7 +103,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     by ``torch.save``, or a ``torch.save`` of something else (a bare state dict, ``deployed.pt``); the
     line points to :func:`previous_checkpoint` when that one is whole."""
     if not path.exists():
-        raise CheckpointError(f"--resume: no checkpoint {path} (run once without --resume first){_go_on_from_previous(path)}")
+        hint = _go_on_from_previous(path)
+        raise CheckpointError(f"--resume: no checkpoint {path} (run once without --resume first){hint}")
     if not path.is_file():
         raise CheckpointError(f"--resume: {path} is not a file")
     try:

@@ -301,7 +301,7 @@ def test_refuses_a_checkpoint_of_other_shapes(capsys, tmp_path):
 def test_keeps_the_checkpoint_before_the_last_and_goes_on_from_it(capsys, tmp_path):
     """A damaged or foreign last.pt is named, with what is wrong; the one before it (previous.pt) is whole,
     and a run that goes on from it ends where the uninterrupted run did."""
-    args = [*DIGITS, "--epochs", "2", "--out", str(tmp_path)]
+    args = [*DIGITS, "--limit-train", "32", "--epochs", "2", "--out", str(tmp_path)]
     main(args)
     capsys.readouterr()
     last, previous = tmp_path / "last.pt", tmp_path / "previous.pt"
@@ -328,7 +328,7 @@ def test_keeps_the_checkpoint_before_the_last_and_goes_on_from_it(capsys, tmp_pa
 
 
 def test_refuses_a_resume_with_other_data_settings(capsys, tmp_path):
-    out = ["--out", str(tmp_path), "--epochs", "1"]
+    out = ["--out", str(tmp_path), "--epochs", "1", "--limit-train", "16"]
     main([*DIGITS, *out])
     capsys.readouterr()
     err = _refused(capsys, [*DIGITS, *out, "--batch-size", "8", "--resume"])

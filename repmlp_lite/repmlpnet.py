@@ -102,7 +102,8 @@ class RepMLPNetBlock(Reparameterizable):
             empty for none).
         gate_reduction: FC1 of the channel gate maps ``C -> C/gate_reduction`` (4 in the authors' nets).
 
-    Training form: ``fc3`` (no bias) + ``fc3_bn`` + ``local_perceptron``. Deployed: ``fc3`` with bias.
+    Training form: ``fc3_weight`` (no ``fc3_bias``) + ``fc3_bn`` + ``local_perceptron``. Deployed:
+    ``fc3_weight`` and ``fc3_bias``. FC3 runs in :meth:`fc3`.
     """
 
     def __init__(

@@ -2,6 +2,7 @@
 
 * :mod:`~repmlp_lite.conv_as_fc`: a conv as an FC kernel, built by convolving an identity matrix.
 * :mod:`~repmlp_lite.fusion`: BatchNorm absorbed into the conv or FC next to it.
+* :mod:`~repmlp_lite.layers`: the layers several networks share (grouped FC, conv + BN, FC + BN).
 * :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge;
   :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward.
 * :mod:`~repmlp_lite.reparameterize`: the one way a module says it is merged (``Reparameterizable``),
@@ -9,11 +10,12 @@
 * :mod:`~repmlp_lite.nets`: the paper's RepMLP bottleneck and Light block, and small nets for chapter 5.
 * :mod:`~repmlp_lite.resnets`, :mod:`~repmlp_lite.puremlp`: the networks of the paper's tables, at full size.
 * :mod:`~repmlp_lite.repmlpnet`: RepMLPNet (CVPR 2022): the block with share-sets and Locality Injection, the net.
-* :mod:`~repmlp_lite.zoo`, :mod:`~repmlp_lite.official`: the papers' networks by name, and the authors' checkpoints.
-* :mod:`~repmlp_lite.data`, :mod:`~repmlp_lite.train`: real images and a training loop for the book;
-  ``python -m repmlp_lite.train`` trains any zoo model (:mod:`~repmlp_lite.datasets`,
-  :mod:`~repmlp_lite.recipe`, :mod:`~repmlp_lite.runtime`, :mod:`~repmlp_lite.checkpoint`,
-  :mod:`~repmlp_lite.finish`).
+* :mod:`~repmlp_lite.zoo`, :mod:`~repmlp_lite.official`: the papers' networks by name, and the authors'
+  checkpoints (each family's converter is in its own file).
+* :mod:`~repmlp_lite.data`, :mod:`~repmlp_lite.train`: real images (no torchvision) and a training loop for
+  the book; ``python -m repmlp_lite.train`` trains any zoo model, step by step
+  (:mod:`~repmlp_lite.training_run`, :mod:`~repmlp_lite.recipe`, :mod:`~repmlp_lite.runtime`,
+  :mod:`~repmlp_lite.checkpoint`, :mod:`~repmlp_lite.finish`).
 * :mod:`~repmlp_lite.measure` (counting, timing), :mod:`~repmlp_lite.block_costs`, :mod:`~repmlp_lite.bench`,
   :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.tables`, :mod:`~repmlp_lite.export`: the measurements.
 * :mod:`~repmlp_lite.style`, :mod:`~repmlp_lite.viz`, :mod:`~repmlp_lite.diagram`, :mod:`~repmlp_lite.overview`,
@@ -33,7 +35,6 @@ from .nets import (
     small_repmlp_resnet,
 )
 from .official import load_official
-from .official_resnets import convert_v1_repmlp_resnet  # noqa: F401  (registers the converter)
 from .puremlp import pure_mlp
 from .reparameterize import Equivalence, Reparameterizable, check_equivalence, deploy, reparameterize_model
 from .repmlpnet import RepMLPNet, RepMLPNetBlock, RepMLPNetUnit, inject_locality, repmlpnet, small_repmlpnet

@@ -37,6 +37,7 @@ from .block import RepMLPBlock
 from .block_costs import TIME_CATEGORIES, BareMatmuls, copy_bytes, time_breakdown
 from .conv_as_fc import conv_to_fc
 from .export import engine_table
+from .layers import conv_bn_relu
 from .measure import (
     count_flops,
     count_parameters,
@@ -47,13 +48,7 @@ from .measure import (
     median_ratio,
     randomize_bn,
 )
-from .nets import (
-    RepMLPBottleneck,
-    ResNetBottleneck,
-    conv_bn_relu,
-    repmlp_light_block,
-    small_repmlp_resnet,
-)
+from .nets import RepMLPBottleneck, ResNetBottleneck, repmlp_light_block, small_repmlp_resnet
 from .paper_speed import repmlpnet_count_table, repmlpnet_table
 from .reparameterize import deploy
 

@@ -23,7 +23,6 @@ reference the fast forward is checked and timed against.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -31,9 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fast_forward
-from ._checks import check_4d, check_divisible, check_odd_kernel, check_positive
+from ._checks import check_4d, check_divisible, check_positive
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
-from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
+from .fusion import fuse_bn_linear, fuse_linear_bn
+from .layers import ConvBNBranch, GroupedFC
 from .reparameterize import Reparameterizable
 
 
@@ -53,64 +53,6 @@ def unpartition(parts: torch.Tensor, n: int, height: int, width: int) -> torch.T
     _, o, h, w = parts.shape
     parts = parts.reshape(n, height // h, width // w, o, h, w)
     return parts.permute(0, 3, 1, 4, 2, 5).reshape(n, o, height, width)
-
-
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
-    """A grouped FC on rows: ``(M, in) -> (M, out)``; group ``j`` maps features ``j*in/g ...`` to
-    ``j*out/g ...`` with rows ``j*out/g ...`` of ``weight`` ``(out, in/g)``; ``bias`` ``(out,)`` or ``None``.
-
-    ``F.linear`` for one group, else one batched matmul over the groups (``baddbmm`` adds the bias).
-    """
-    if groups == 1:
-        return F.linear(x, weight, bias)
-    m = x.shape[0]
-    xg = x.reshape(m, groups, -1).transpose(0, 1)  # (g, M, in/g)
-    wg = weight.reshape(groups, -1, weight.shape[1]).transpose(1, 2)  # (g, in/g, out/g)
-    if bias is None:
-        out = torch.bmm(xg, wg)  # (g, M, out/g)
-    else:  # the bias added by the matmul itself (as F.linear does), not in a second pass
-        out = torch.baddbmm(bias.reshape(groups, 1, -1), xg, wg)
-    return out.transpose(0, 1).reshape(m, -1)  # (M, out)
-
-
-class GroupedFC(nn.Module):
-    """A fully-connected layer with ``groups``: ``(M, in_features) -> (M, out_features)``.
-
-    Group ``j`` maps input features ``j*in/g ...`` to output features ``j*out/g ...``.
-    ``weight`` has the layout of :func:`repmlp_lite.conv_as_fc.conv_to_fc`: ``(out, in/g)``.
-    """
-
-    def __init__(self, in_features: int, out_features: int, groups: int = 1, bias: bool = False):
-        super().__init__()
-        check_divisible("in_features", in_features, "groups", groups)
-        check_divisible("out_features", out_features, "groups", groups)
-        self.groups = groups
-        self.weight = nn.Parameter(torch.empty(out_features, in_features // groups))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default, per group
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grouped_linear(x, self.weight, self.bias, self.groups)
-
-    def extra_repr(self) -> str:
-        out_f, in_g = self.weight.shape
-        return f"in_features={in_g * self.groups}, out_features={out_f}, groups={self.groups}, bias={self.bias is not None}"
-
-
-class ConvBN(nn.Sequential):
-    """A bias-free conv with "same" padding followed by BatchNorm2d: one local-perceptron branch."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1):
-        check_odd_kernel("reparam_conv_k", kernel_size)
-        super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=False
-        )
-        self.bn = nn.BatchNorm2d(out_channels)
-
-    def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The branch as one conv: ``(kernel (O, C/g, K, K), bias (O,))``."""
-        return fuse_conv_bn(self.conv.weight, None, self.bn)
 
 
 class GlobalPerceptron(Reparameterizable):
@@ -213,7 +155,7 @@ class RepMLPBlock(Reparameterizable):
         self.fc3 = GroupedFC(in_channels * h * w, out_channels * h * w, groups)
         self.fc3_bn: nn.BatchNorm1d | None = nn.BatchNorm1d(out_channels * h * w)
         self.local_perceptron: nn.ModuleDict | None = nn.ModuleDict(
-            {f"conv{k}": ConvBN(in_channels, out_channels, k, groups) for k in reparam_conv_k}
+            {f"conv{k}": ConvBNBranch(in_channels, out_channels, k, groups) for k in reparam_conv_k}
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,13 +184,6 @@ class RepMLPBlock(Reparameterizable):
                 out = out + branch(parts).reshape(out.shape)
         out = out.reshape(-1, self.out_channels, self.h, self.w)
         return unpartition(out, n, self.H, self.W)
-
-    def grouped_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The merged FC3's operand: ``(N, C, H, W) -> (g, N*P, C/g*h*w)`` (``P = H/h * W/w``), with the
-        global perceptron's correction already added (:func:`repmlp_lite.fast_forward.grouped_input`):
-        the operand of :meth:`reference_forward`, in the layout of :meth:`merged_forward`."""
-        gp = self.global_perceptron
-        return fast_forward.grouped_input(x, self.groups, self.h, self.w, None if gp is None else gp.from_pooled)
 
     def merged_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The merged block's forward (what :meth:`forward` runs once merged): ``(N, C, H, W) -> (N, O, H, W)``.

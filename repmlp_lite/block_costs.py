@@ -2,7 +2,8 @@
 
 * :class:`BareMatmuls`: the merged block's three matrix products alone, on ready-made operands, in
   three weight layouts: the limit any forward of the block can reach. Its copies are the merged
-  forward's own (:mod:`repmlp_lite.fast_forward`), not a re-implementation.
+  forward's own (:mod:`repmlp_lite.fast_forward`), not a re-implementation; FC3's operand is
+  :func:`grouped_input`.
 * :func:`copy_bytes`: the bytes a forward writes outside its matrix products (a ``TorchDispatchMode``).
 * :func:`time_breakdown`: a forward's time split by ``torch.profiler`` into products, copies and
   the global perceptron (:data:`TIME_CATEGORIES`).
@@ -28,13 +29,22 @@ from .block import RepMLPBlock, unpartition
 from .measure import quiet_stderr
 
 
+def grouped_input(block: RepMLPBlock, x: torch.Tensor) -> torch.Tensor:
+    """The merged FC3's operand in ``block``: ``(N, C, H, W) -> (g, N*P, C/g*h*w)`` (``P = H/h * W/w``), with
+    the global perceptron's correction already added (:func:`repmlp_lite.fast_forward.grouped_input` on the
+    block's tensors): the operand of :meth:`~repmlp_lite.block.RepMLPBlock.reference_forward`, in the layout
+    of :meth:`~repmlp_lite.block.RepMLPBlock.merged_forward`."""
+    gp = block.global_perceptron
+    return fast_forward.grouped_input(x, block.groups, block.h, block.w, None if gp is None else gp.from_pooled)
+
+
 class BareMatmuls:
     """The merged block's three matrix products alone, on ready-made operands, in two layouts.
 
     FC1 ``(N, C*P) x (C*P, C*P/rho)``, FC2 ``(N, C*P/rho) x (C*P/rho, C*P)``
     (``rho = fc1_fc2_reduction``) and FC3 as one batched matmul over the groups, ``(g, M, C*h*w/g) x (g, C*h*w/g, O*h*w/g)`` (``P`` partitions per
     image, ``M = N*P``). The operands are the very ones the merged block multiplies on ``x``
-    (FC3's from :meth:`~repmlp_lite.block.RepMLPBlock.grouped_input`, FC1's captured by a forward hook), so
+    (FC3's from :func:`grouped_input`, FC1's captured by a forward hook), so
     :meth:`block_output` rebuilds the block's output from these products: the same numbers, none
     of the copying, pooling or adding around them.
 
@@ -55,7 +65,7 @@ class BareMatmuls:
         hook = gp.fc1.register_forward_hook(lambda m, i, o: captured.append(i[0].detach())) if gp else None
         try:
             with torch.no_grad():
-                self.fc3_input = block.grouped_input(x).contiguous()  # (g, M, in/g)
+                self.fc3_input = grouped_input(block, x).contiguous()  # (g, M, in/g)
         finally:
             if hook is not None:
                 hook.remove()

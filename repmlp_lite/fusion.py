@@ -11,7 +11,9 @@ In eval mode ``BN(y) = gamma * (y - mean) / sqrt(var + eps) + beta = s * y + t``
   (:func:`fuse_bn_linear`, the global perceptron's BN absorbed into FC1: the paper's Sec. 3.4 and
   Appendix C, Alg. 2).
 
-The training-time statistics are frozen: these are equalities in eval mode only.
+The training-time statistics are frozen: these are equalities in eval mode only. Every merge in the
+package folds its BNs with these functions (``tests/test_fusion.py`` checks them against torch's
+``torch.nn.utils.fusion``).
 """
 
 from __future__ import annotations
@@ -34,14 +36,18 @@ def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, t
 
 
 def _fuse_after(
-    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm, pixels_per_channel: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``BN(W x + b)`` as one ``(W', b')``; ``weight``'s dim 0 indexes output channels."""
-    if weight.shape[0] != bn.num_features:
-        raise ValueError(
-            f"weight has {weight.shape[0]} output channels but bn has num_features={bn.num_features}"
-        )
+    """``BN(W x + b)`` as one ``(W', b')``; ``weight``'s dim 0 indexes output channels, ``pixels_per_channel``
+    consecutive ones per BN channel."""
+    if weight.shape[0] != bn.num_features * pixels_per_channel:
+        covers = f"has num_features={bn.num_features}"
+        if pixels_per_channel > 1:
+            covers = f"covers num_features * pixels_per_channel = {bn.num_features * pixels_per_channel}"
+        raise ValueError(f"weight has {weight.shape[0]} output channels but bn {covers}")
     scale, shift = bn_scale_shift(bn)
+    if pixels_per_channel > 1:
+        scale, shift = scale.repeat_interleave(pixels_per_channel), shift.repeat_interleave(pixels_per_channel)
     fused_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
     fused_bias = shift if bias is None else bias * scale + shift
     return fused_weight, fused_bias
@@ -64,10 +70,15 @@ def fuse_conv_bn(
 
 
 def fuse_linear_bn(
-    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm1d
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm, pixels_per_channel: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """FC ``(out, in)`` followed by BatchNorm1d over its ``out`` features as one FC with bias ``(out,)``."""
-    return _fuse_after(weight, bias, bn)
+    """FC ``(out, in)`` followed by a BatchNorm over its ``out`` features as one FC with bias ``(out,)``.
+
+    ``pixels_per_channel``: the ``out`` features are a map ``(C, P, Q)`` flattened channel-major, and the
+    BN (a BatchNorm2d) covers its ``C`` channels, ``P*Q`` features each (RepMLPNet's FC3 and its BN over
+    the share-sets); 1 for a BatchNorm1d over the features themselves.
+    """
+    return _fuse_after(weight, bias, bn, pixels_per_channel)
 
 
 def fuse_bn_linear(

@@ -1,7 +1,5 @@
 """The paper's blocks (RepMLP paper, Sec. 3.5 / Fig. 4; Appendix A / Fig. 6), laid out as in the authors' code.
 
-* :class:`ConvBNLayer`: a bias-free conv + BN (+ ReLU); :meth:`ConvBNLayer.switch_to_deploy` folds
-  the BN into the conv (chapter 3), so a deployed net has no BN left.
 * :class:`ResNetBottleneck`: ResNet-50's block: 1x1 conv (C_in -> mid), 3x3 conv (mid -> mid, with
   the stage's stride, as torchvision and the authors place it), 1x1 conv (mid -> C_out), shortcut.
 * :class:`RepMLPBottleneck`: 1x1 conv (C_in -> mid), **3x3 conv (mid -> mid/r)**, a RepMLP block on
@@ -12,8 +10,9 @@
 * :func:`small_repmlp_resnet` and :func:`small_conv_resnet`: a three-stage net for small images built
   from these blocks (chapter 5), and its plain-conv twin.
 
-Every conv is followed by BN; every block ends with ``relu(x + shortcut(x))``. The shortcut is the
-identity, or a 1x1 conv + BN when the channels or the resolution change.
+Every conv is followed by BN (a :class:`~repmlp_lite.layers.ConvBNLayer`, whose merge folds the BN into
+the conv, chapter 3, so a deployed net has no BN left); every block ends with ``relu(x + shortcut(x))``.
+The shortcut is the identity, or a 1x1 conv + BN when the channels or the resolution change.
 """
 
 from __future__ import annotations
@@ -25,52 +24,8 @@ from torch import nn
 
 from ._checks import check_divisible, check_positive
 from .block import RepMLPBlock
-from .fusion import fuse_conv_bn
-from .reparameterize import Reparameterizable
+from .layers import ConvBNLayer, conv_bn_relu
 from .zoo import register_model
-
-
-class ConvBNLayer(Reparameterizable):
-    """Conv (no bias) + BatchNorm2d (+ an activation): ``(N, C, H, W) -> (N, O, H', W')``.
-
-    ``padding`` defaults to ``K // 2`` ("same" at stride 1); ``act`` defaults to none. After
-    :meth:`switch_to_deploy` it is one conv with bias (+ the activation): the keys ``conv.weight``
-    and ``conv.bias`` replace ``conv.weight`` and ``bn.*``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        stride: int = 1,
-        act: nn.Module | None = None,
-        groups: int = 1,
-        padding: int | None = None,
-    ):
-        super().__init__()
-        padding = kernel_size // 2 if padding is None else padding
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
-        self.bn: nn.BatchNorm2d | None = nn.BatchNorm2d(out_channels)
-        self.act = act if act is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if not self.deployed:  # merged: the BN is in the conv
-            x = self.bn(x)
-        return self.act(x)
-
-    def _merge_own(self) -> None:
-        """Fold the BN into the conv (:func:`repmlp_lite.fusion.fuse_conv_bn`); eval-mode outputs unchanged."""
-        weight, bias = fuse_conv_bn(self.conv.weight, self.conv.bias, self.bn)
-        self.conv.weight.copy_(weight)
-        self.conv.bias = nn.Parameter(bias)
-        self.bn = None
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> ConvBNLayer:
-    """Conv + BN + ReLU ("same" padding)."""
-    return ConvBNLayer(in_channels, out_channels, kernel_size, stride, act=nn.ReLU(inplace=True))
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int) -> nn.Module:

@@ -1,9 +1,10 @@
 """Loading checkpoints written by the authors' code (DingXiaoH/RepMLP) into the zoo's models.
 
-Each model family registers a converter with :func:`register_official`: it renames (and, where
-the layouts differ, reshapes) the authors' state dict into this package's keys. :func:`load_official`
-then checks the result against the model key by key and loads it strictly. The converter of the
-authors' RepMLP-ResNets (first paper) is in :mod:`repmlp_lite.official_resnets`.
+Each model family registers a converter with :func:`register_official`, in the family's own file (as
+timm keeps a family's checkpoint filter beside its model): it renames (and, where the layouts differ,
+reshapes) the authors' state dict into this package's keys. :func:`load_official` then checks the
+result against the model key by key and loads it strictly. The converters: the first paper's
+RepMLP-ResNets in :mod:`repmlp_lite.resnets`, RepMLPNet in :mod:`repmlp_lite.repmlpnet`.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ and 8 pixels with C = 16, 32, 64 channels, 2x2 max-pool between them. A stage is
 
 where each FC is a 1x1 conv + BN + ReLU; the last FC of a stage widens to the next stage's C. The
 mixer is a RepMLP block (``g = 2``, ``h = w = 8``, local perceptron K = 1, 3, 5, 7, FC1 reduction 1)
-+ ReLU. Head: global average pool, FC(512) + BN + ReLU, FC(10).
++ ReLU. Head: global average pool, FC(512) + BN + ReLU (a :class:`~repmlp_lite.layers.LinearBNLayer`,
+whose merge folds the BN into the FC), FC(10).
 
 Fig. 3's caption has the last layer of a stage widen the channels, and the counts confirm it: the
 table's 22.41M parameters and 52.8M FLOPs come out only with the widening FC at the *end* of each stage.
@@ -30,7 +31,7 @@ from torch import nn
 
 from ._checks import check_positive
 from .block import GlobalPerceptron, RepMLPBlock, partition, unpartition
-from .nets import ConvBNLayer, conv_bn_relu
+from .layers import ConvBNLayer, LinearBNLayer, conv_bn_relu
 from .zoo import register_model
 
 MIXERS = ("repmlp", "fc3_conv9", "conv9", "conv3")
@@ -101,15 +102,22 @@ def pure_mlp(
             _mixer(mixer, c, size, h, groups, reparam_conv_k, global_perceptron),
             conv_bn_relu(c, wider, 1),
         ]
-    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[2], 512), nn.BatchNorm1d(512),
-            nn.ReLU(inplace=True), nn.Linear(512, num_classes)]
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), LinearBNLayer(channels[2], 512, act=nn.ReLU(inplace=True)),
+            nn.Linear(512, num_classes)]
     return nn.Sequential(*layers, *head)
 
 
 @register_model("repmlp_pure_mlp_cifar")
-def repmlp_pure_mlp_cifar(num_classes: int = 10, **kwargs) -> nn.Sequential:
-    """Table 1's pure MLP (22.41M parameters, 52.8M FLOPs deployed); ``kwargs`` as :func:`pure_mlp`."""
-    return pure_mlp(num_classes, **kwargs)
+def repmlp_pure_mlp_cifar(
+    num_classes: int = 10,
+    channels: Sequence[int] = (16, 32, 64),
+    mixer: str = "repmlp",
+    reparam_conv_k: Sequence[int] = (1, 3, 5, 7),
+    global_perceptron: bool = True,
+) -> nn.Sequential:
+    """Table 1's pure MLP (22.41M parameters, 52.8M FLOPs deployed) and the variants of its rows A to E
+    (:func:`pure_mlp`, with the table's ``h = 8`` and ``g = 2``)."""
+    return pure_mlp(num_classes, channels, mixer, reparam_conv_k=reparam_conv_k, global_perceptron=global_perceptron)
 
 
 @register_model("wide_convnet_cifar")

@@ -2,14 +2,17 @@
 whole model, and the check that the merge changed nothing.
 
 * :class:`Reparameterizable`: the base of every module that has a training form and an inference form
-  (the RepMLP block and its global perceptron, conv + BN layers, RepMLPNet's block, unit and net).
+  (the RepMLP block and its global perceptron, conv + BN and FC + BN layers, RepMLPNet's block, unit
+  and net).
   ``deployed`` says which form a module is in; :meth:`~Reparameterizable.switch_to_deploy` merges its
   re-parameterizable submodules first (children first), then folds the module's own parameters
   (:meth:`~Reparameterizable._merge_own`), so a model file never calls a merge routine on its children.
 * :func:`reparameterize_model`: ``switch_to_deploy()`` on every outermost re-parameterizable module of any
-  ``nn.Module`` (as timm's ``reparameterize_model`` walks a model), in place.
-* :func:`deploy`: the inference form the paper measures, on a deep copy: every RepMLP block merged into
-  FCs and every conv + BN (and FC + BN) fused into one layer with bias, so no BatchNorm is left.
+  ``nn.Module`` (as timm's ``reparameterize_model`` walks a model), in place; the one walk of every merge
+  (RepMLPNet's Locality Injection alone, :func:`~repmlp_lite.repmlpnet.inject_locality`, walks it too).
+* :func:`deploy`: the inference form the paper measures: :func:`reparameterize_model` on a deep copy in
+  eval mode. In the zoo's nets every RepMLP block becomes FCs and every conv + BN (and FC + BN) one layer
+  with bias, so no BatchNorm is left (RepMLPNet keeps one per unit, chapter 7).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 
 class Reparameterizable(nn.Module, abc.ABC):
@@ -58,59 +60,43 @@ class Reparameterizable(nn.Module, abc.ABC):
             raise ValueError(f"{type(self).__name__} is already merged: {why}")
 
 
-def outermost_reparameterizable(module: nn.Module) -> Iterator[Reparameterizable]:
-    """The re-parameterizable submodules of ``module`` (not ``module`` itself) with no re-parameterizable
-    module between them and ``module``: the ones whose ``switch_to_deploy()`` merges the rest."""
+def outermost_reparameterizable(
+    module: nn.Module, kind: type[Reparameterizable] = Reparameterizable
+) -> Iterator[Reparameterizable]:
+    """The submodules of ``module`` (not ``module`` itself) of class ``kind`` with no module of that class
+    between them and ``module``: the ones whose ``switch_to_deploy()`` merges the rest."""
     for child in module.children():
-        if isinstance(child, Reparameterizable):
+        if isinstance(child, kind):
             yield child
         else:
-            yield from outermost_reparameterizable(child)
+            yield from outermost_reparameterizable(child, kind)
 
 
-def reparameterize_model(model: nn.Module) -> nn.Module:
+def reparameterize_model(model: nn.Module, kind: type[Reparameterizable] = Reparameterizable) -> nn.Module:
     """Merge ``model`` in place: ``switch_to_deploy()`` on ``model`` if it is re-parameterizable, else on
     each of its outermost re-parameterizable submodules; returns ``model``.
 
-    Raises ``ValueError`` if one of them is already merged.
+    ``kind``: merge only the modules of that class (each with its own submodules), and nothing else;
+    e.g. :class:`~repmlp_lite.repmlpnet.RepMLPNetBlock` for Locality Injection alone. Raises
+    ``ValueError`` if one of them is already merged.
     """
-    modules = [model] if isinstance(model, Reparameterizable) else outermost_reparameterizable(model)
+    modules = [model] if isinstance(model, kind) else outermost_reparameterizable(model, kind)
     for module in modules:
         module.switch_to_deploy()
     return model
 
 
-def _fuse_sequential_pairs(model: nn.Module) -> None:
-    """Inside every ``nn.Sequential``, fold a BatchNorm into the Conv2d or Linear right before it.
-
-    The BN is replaced by ``nn.Identity`` (same indices, no state), the layer by the fused one with bias.
-    """
-    for seq in model.modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        for i in range(1, len(seq)):
-            prev, bn = seq[i - 1], seq[i]
-            if isinstance(prev, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                seq[i - 1], seq[i] = fuse_conv_bn_eval(prev, bn), nn.Identity()
-            elif isinstance(prev, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
-                seq[i - 1], seq[i] = fuse_linear_bn_eval(prev, bn), nn.Identity()
-
-
 @torch.no_grad()
 def deploy(model: nn.Module) -> nn.Module:
-    """A merged deep copy of ``model`` in eval mode; ``model`` is untouched.
+    """A merged deep copy of ``model`` in eval mode (:func:`reparameterize_model`); ``model`` is untouched.
 
-    1. :func:`reparameterize_model`: every re-parameterizable module merged (RepMLP blocks,
-       :class:`~repmlp_lite.block.RepMLPBlock`; conv + BN layers, :class:`~repmlp_lite.nets.ConvBNLayer`;
-       any other family's :class:`Reparameterizable` modules).
-    2. Every BatchNorm that directly follows a ``Conv2d`` or ``Linear`` in an ``nn.Sequential``
-       is folded into it (``torch.nn.utils.fusion``).
-
-    A BN that follows neither is left in place. Raises ``ValueError`` if a module was already merged.
+    Every :class:`Reparameterizable` module is merged: RepMLP blocks (:class:`~repmlp_lite.block.RepMLPBlock`),
+    conv + BN and FC + BN layers (:class:`~repmlp_lite.layers.ConvBNLayer`,
+    :class:`~repmlp_lite.layers.LinearBNLayer`), any other family's. A plain ``nn.BatchNorm2d`` of the
+    model's own is a module like any other and stays (:func:`batchnorms_left` lists them). Raises
+    ``ValueError`` if a module was already merged.
     """
-    merged = reparameterize_model(copy.deepcopy(model).eval())
-    _fuse_sequential_pairs(merged)
-    return merged.eval()  # the modules put in (Identity, fused layers) start in train mode
+    return reparameterize_model(copy.deepcopy(model).eval())
 
 
 def batchnorms_left(model: nn.Module) -> list[str]:

@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_4d, check_divisible, check_positive
-from .block import ConvBN, grouped_linear, partition, unpartition
+from .block import partition, unpartition
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
-from .fusion import bn_scale_shift, fuse_bn_linear
-from .nets import ConvBNLayer
+from .fusion import fuse_bn_linear, fuse_linear_bn
+from .layers import ConvBNBranch, ConvBNLayer, grouped_linear
 from .official import register_official, renamed_state_dict
-from .reparameterize import Reparameterizable
+from .reparameterize import Reparameterizable, reparameterize_model
 from .zoo import register_model
 
 FC3Impl = Literal["matmul", "conv"]
@@ -101,9 +101,9 @@ class RepMLPNetBlock(Reparameterizable):
         reparam_conv_k: odd kernel sizes of the local perceptron (``(1, 3)`` in the released nets;
             empty for none).
         gate_reduction: FC1 of the channel gate maps ``C -> C/gate_reduction`` (4 in the authors' nets).
-        fc3_impl: how FC3 runs, ``"matmul"`` or ``"conv"`` (:func:`fc3_forward`); same numbers.
 
-    Training form: ``fc3`` (no bias) + ``fc3_bn`` + ``local_perceptron``. Deployed: ``fc3`` with bias.
+    Training form: ``fc3_weight`` (no ``fc3_bias``) + ``fc3_bn`` + ``local_perceptron``. Deployed:
+    ``fc3_weight`` and ``fc3_bias``. FC3 runs in :meth:`fc3`.
     """
 
     def __init__(
@@ -114,7 +114,6 @@ class RepMLPNetBlock(Reparameterizable):
         num_sharesets: int = 1,
         reparam_conv_k: Sequence[int] = (1, 3),
         gate_reduction: int = 4,
-        fc3_impl: FC3Impl = "matmul",
     ):
         super().__init__()
         for name, value in [("channels", channels), ("h", h), ("w", w), ("num_sharesets", num_sharesets)]:
@@ -123,7 +122,6 @@ class RepMLPNetBlock(Reparameterizable):
         if len(set(reparam_conv_k)) != len(reparam_conv_k):
             raise ValueError(f"reparam_conv_k={tuple(reparam_conv_k)} repeats a kernel size: each branch needs its own")
         self.channels, self.h, self.w, self.sets = channels, h, w, num_sharesets
-        self.fc3_impl: FC3Impl = fc3_impl
         self.gate = ChannelGate(channels, gate_reduction)
         features = num_sharesets * h * w
         self.fc3_weight = nn.Parameter(torch.empty(features, h * w))
@@ -131,7 +129,7 @@ class RepMLPNetBlock(Reparameterizable):
         self.fc3_bias: nn.Parameter | None = None
         self.fc3_bn: nn.BatchNorm2d | None = nn.BatchNorm2d(num_sharesets)
         self.local_perceptron: nn.ModuleDict | None = nn.ModuleDict(
-            {f"conv{k}": ConvBN(num_sharesets, num_sharesets, k, groups=num_sharesets) for k in reparam_conv_k}
+            {f"conv{k}": ConvBNBranch(num_sharesets, num_sharesets, k, groups=num_sharesets) for k in reparam_conv_k}
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +142,7 @@ class RepMLPNetBlock(Reparameterizable):
         gate = self.gate(x)  # (N, C, 1, 1)
         parts = partition(x, self.h, self.w)  # (M, C, h, w)
         rows = parts.reshape(-1, self.sets * self.h * self.w)  # (M*C/S, S*h*w): channel c = k*S + s
-        out = fc3_forward(rows, self.fc3_weight, self.fc3_bias, self.sets, self.fc3_impl)
+        out = self.fc3(rows)
         out = out.reshape(-1, self.sets, self.h, self.w)
         if not self.deployed:  # FC3's BN and the conv branches (injected into FC3 once deployed)
             out = self.fc3_bn(out)
@@ -154,15 +152,17 @@ class RepMLPNetBlock(Reparameterizable):
         out = unpartition(out.reshape(-1, c, self.h, self.w), n, height, width)
         return out * gate
 
+    def fc3(self, rows: torch.Tensor) -> torch.Tensor:
+        """FC3 with share-sets on ``rows`` ``(B, S*h*w)``, the same shape out (:func:`fc3_forward`)."""
+        return fc3_forward(rows, self.fc3_weight, self.fc3_bias, self.sets)
+
     @torch.no_grad()
     def injection_parts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each branch as an FC3-shaped ``(weight (S*h*w, h*w), bias (S*h*w,))``: ``"fc3"`` (FC3 with its
         BN folded in) and ``"conv1"``, ``"conv3"``, ... (conv+BN through :func:`conv_to_fc`). Their sum
         is the merged FC3 (:meth:`merged_fc3`)."""
         self.check_not_merged("its conv branches and BN are injected into FC3")
-        hw = self.h * self.w
-        scale, shift = bn_scale_shift(self.fc3_bn)
-        parts = {"fc3": (self.fc3_weight * scale.repeat_interleave(hw)[:, None], shift.repeat_interleave(hw))}
+        parts = {"fc3": fuse_linear_bn(self.fc3_weight, None, self.fc3_bn, self.h * self.w)}  # BN: one per set
         for name, branch in self.local_perceptron.items():
             kernel, conv_bias = branch.fused()  # (S, 1, K, K), (S,)
             parts[name] = (
@@ -323,39 +323,51 @@ def repmlpnet(arch: str, resolution: int, num_classes: int = 1000, **kwargs: obj
 
 
 @register_model("repmlpnet_t224")
-def repmlpnet_t224(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+def repmlpnet_t224(
+    num_classes: int = 1000, in_channels: int = 3, reparam_conv_k: Sequence[int] = (1, 3)
+) -> RepMLPNet:
     """RepMLPNet-T224 (authors' README: its ImageNet row)."""
-    return repmlpnet("t", 224, num_classes, **kwargs)
+    return repmlpnet("t", 224, num_classes, in_channels=in_channels, reparam_conv_k=reparam_conv_k)
 
 
 @register_model("repmlpnet_t256")
-def repmlpnet_t256(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+def repmlpnet_t256(
+    num_classes: int = 1000, in_channels: int = 3, reparam_conv_k: Sequence[int] = (1, 3)
+) -> RepMLPNet:
     """RepMLPNet-T256 (authors' README: its ImageNet row)."""
-    return repmlpnet("t", 256, num_classes, **kwargs)
+    return repmlpnet("t", 256, num_classes, in_channels=in_channels, reparam_conv_k=reparam_conv_k)
 
 
 @register_model("repmlpnet_b224")
-def repmlpnet_b224(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+def repmlpnet_b224(
+    num_classes: int = 1000, in_channels: int = 3, reparam_conv_k: Sequence[int] = (1, 3)
+) -> RepMLPNet:
     """RepMLPNet-B224 (authors' README: its ImageNet row)."""
-    return repmlpnet("b", 224, num_classes, **kwargs)
+    return repmlpnet("b", 224, num_classes, in_channels=in_channels, reparam_conv_k=reparam_conv_k)
 
 
 @register_model("repmlpnet_b256")
-def repmlpnet_b256(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+def repmlpnet_b256(
+    num_classes: int = 1000, in_channels: int = 3, reparam_conv_k: Sequence[int] = (1, 3)
+) -> RepMLPNet:
     """RepMLPNet-B256 (authors' README: its ImageNet row)."""
-    return repmlpnet("b", 256, num_classes, **kwargs)
+    return repmlpnet("b", 256, num_classes, in_channels=in_channels, reparam_conv_k=reparam_conv_k)
 
 
 @register_model("repmlpnet_d256")
-def repmlpnet_d256(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+def repmlpnet_d256(
+    num_classes: int = 1000, in_channels: int = 3, reparam_conv_k: Sequence[int] = (1, 3)
+) -> RepMLPNet:
     """RepMLPNet-D256 (authors' README: its ImageNet row)."""
-    return repmlpnet("d", 256, num_classes, **kwargs)
+    return repmlpnet("d", 256, num_classes, in_channels=in_channels, reparam_conv_k=reparam_conv_k)
 
 
 @register_model("repmlpnet_l256")
-def repmlpnet_l256(num_classes: int = 1000, **kwargs: object) -> RepMLPNet:
+def repmlpnet_l256(
+    num_classes: int = 1000, in_channels: int = 3, reparam_conv_k: Sequence[int] = (1, 3)
+) -> RepMLPNet:
     """RepMLPNet-L256 (authors' README: its ImageNet row)."""
-    return repmlpnet("l", 256, num_classes, **kwargs)
+    return repmlpnet("l", 256, num_classes, in_channels=in_channels, reparam_conv_k=reparam_conv_k)
 
 
 @register_model("small_repmlpnet")
@@ -379,11 +391,10 @@ def small_repmlpnet(
 
 def inject_locality(model: nn.Module) -> nn.Module:
     """Merge only the blocks' conv branches and FC3 BNs, in place, as the authors' ``locality_injection()``
-    does (every other BN stays): the form their injected checkpoints are saved in. Returns ``model``."""
-    for module in model.modules():
-        if isinstance(module, RepMLPNetBlock):
-            module.switch_to_deploy()
-    return model
+    does (every other BN stays): the form their injected checkpoints are saved in. Returns ``model``.
+
+    The walk of :func:`~repmlp_lite.reparameterize.reparameterize_model`, restricted to the blocks."""
+    return reparameterize_model(model, RepMLPNetBlock)
 
 
 # ---- the authors' checkpoints (DingXiaoH/RepMLP, repmlpnet.py) ------------------------------------

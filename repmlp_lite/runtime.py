@@ -1,26 +1,41 @@
-"""Setting up one process of the training command: its rank and device under torchrun, its shard of the
-data (:class:`ResumableSampler`), sums over processes, and the model built by name for the data's images.
+"""Setting up one process of the training command: its rank and device under torchrun, its seeds, its
+shard of the data (:class:`ResumableSampler`), sums over processes, and the model built by name for the
+data's images (:func:`build_model`, from the builder's signature). The command's two errors:
+:class:`UsageError` (bad input) and :class:`TrainingError` (a run that went wrong).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from .zoo import create_model, list_models
+from .zoo import create_model, list_models, model_keywords
 
 
 class UsageError(ValueError):
     """Bad command-line input: printed as one line, exit status 2 (argparse's)."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (a loss or weights that are not finite): printed as one line, exit status 1."""
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Fix Python's, NumPy's and torch's random seeds."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 @dataclass
@@ -84,24 +99,28 @@ def _sizes_hint(name: str, kwargs: dict[str, Any], num_classes: int, takes_size:
 def build_model(
     name: str, num_classes: int, in_channels: int, image_size: int, extra: dict[str, Any]
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """``create_model(name, num_classes, in_channels=..., image_size=..., **extra)``, dropping the two data
-    keywords a builder does not take; probed on a ``(2, C, S, S)`` batch. Returns the model and its kwargs."""
+    """``create_model(name, num_classes, **kwargs)`` with ``kwargs`` = ``extra`` plus ``in_channels`` and
+    ``image_size`` where the builder's signature names them (:func:`~repmlp_lite.zoo.model_keywords`);
+    probed on a ``(2, C, S, S)`` batch. Returns the model and its kwargs. ``UsageError`` for a keyword the
+    builder does not take, or images the model cannot take (with the sizes it can)."""
     if name not in list_models():
         raise UsageError(f"--model: unknown name {name!r}; one of {', '.join(list_models())}")
-    kwargs = {"in_channels": in_channels, "image_size": image_size, **extra}
-    auto = {"in_channels", "image_size"} - set(extra)
-    while True:
-        try:
-            model = create_model(name, num_classes=num_classes, **kwargs)
-            break
-        except TypeError as err:
-            dropped = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-            if not (dropped and dropped.group(1) in auto and dropped.group(1) in kwargs):
-                raise UsageError(f"--model {name}: {err}") from None
-            del kwargs[dropped.group(1)]
-        except ValueError as err:
-            hint = _sizes_hint(name, kwargs, num_classes, "image_size" in kwargs)
-            raise UsageError(f"--model {name} with --image-size {image_size}: {err}{hint}") from None
+    if "num_classes" in extra:
+        raise UsageError("--model-kwargs: give the number of classes with --num-classes")
+    keywords = model_keywords(name)
+    unknown = [key for key in extra if key not in keywords]
+    if unknown:
+        takes = f"it takes {', '.join(keywords[1:])}" if len(keywords) > 1 else "it takes none (--num-classes aside)"
+        raise UsageError(f"--model-kwargs: {name} takes no {unknown[0]!r}; {takes}")
+    data = {"in_channels": in_channels, "image_size": image_size}
+    kwargs = {**{key: value for key, value in data.items() if key in keywords}, **extra}
+    try:
+        model = create_model(name, num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise UsageError(f"--model {name}: {err}") from None
+    except ValueError as err:
+        hint = _sizes_hint(name, kwargs, num_classes, "image_size" in kwargs)
+        raise UsageError(f"--model {name} with --image-size {image_size}: {err}{hint}") from None
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(2, in_channels, image_size, image_size))

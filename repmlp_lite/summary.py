@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .block import GroupedFC
+from .layers import GroupedFC
 
 
 def _detail(module: nn.Module) -> str:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from repmlp_lite.datasets import build_splits
+from repmlp_lite.data import build_splits
 from repmlp_lite.recipe import make_optimizer
 from repmlp_lite.train import parse_args, run
 from repmlp_lite.zoo import create_model

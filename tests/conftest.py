@@ -6,6 +6,7 @@
   affine parameters for every BN of a module, one generator), then eval mode.
 * :func:`max_rel`: ``max |a - b| / max |b|``, the relative error used for float32 checks.
 * :func:`assert_equivalent`: the float64 equivalence check, ``max |a - b| < tol`` (default 1e-10), same shape.
+* ``cifar_dir``: a directory in CIFAR-10's published Python format, with a few random images.
 
 They are exposed as fixtures returning the function, so test files need no import from conftest.
 
@@ -15,6 +16,10 @@ here, once for every module, so that a session has one build, one browser and on
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -101,3 +106,20 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _cifar_batch(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+
+
+@pytest.fixture(scope="session")
+def cifar_dir(tmp_path_factory) -> Path:
+    """CIFAR-10's published layout, with 16 training and 8 test images of random pixels."""
+    root = tmp_path_factory.mktemp("cifar")
+    batches = root / "cifar-10-batches-py"
+    batches.mkdir()
+    for name, n, seed in (("data_batch_1", 8, 1), ("data_batch_2", 8, 2), ("test_batch", 8, 3)):
+        (batches / name).write_bytes(pickle.dumps(_cifar_batch(n, seed)))
+    (batches / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
+    return root

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from repmlp_lite import bench, paper_speed
+from repmlp_lite import bench, create_model, deploy, paper_speed
+from repmlp_lite.repmlpnet import RepMLPNetBlock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -50,3 +51,25 @@ def test_cli_paper_prints_the_table_and_profiles_a_missed_target(monkeypatch, ca
     assert {r["batch"] for r in rows} == {8}
     assert "## where repmlp_res50_light_224 spends its time" in out
     assert (tmp_path / "paper.csv").read_text().startswith("table,net,baseline")
+
+
+def test_with_conv_fc3_runs_fc3_as_a_conv_with_the_same_numbers(monkeypatch, randomize_bn):
+    """RepMLPNet's FC3 as the authors' grouped 1x1 conv, for timing: a copy whose blocks call the conv path."""
+    torch.manual_seed(0)
+    net = deploy(randomize_bn(create_model("small_repmlpnet", num_classes=5).double(), 1))
+    as_conv = paper_speed.with_conv_fc3(net)
+    blocks = [m for m in as_conv.modules() if isinstance(m, RepMLPNetBlock)]
+    assert blocks and all(type(b) is paper_speed.ConvFC3Block for b in blocks)
+    assert not any(type(m) is paper_speed.ConvFC3Block for m in net.modules())  # the original is untouched
+    impls = []
+
+    def recording(*args):
+        impls.append(args[-1])
+        return fc3_forward(*args)
+
+    fc3_forward = paper_speed.fc3_forward
+    monkeypatch.setattr(paper_speed, "fc3_forward", recording)
+    x = torch.randn(2, 1, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert (as_conv(x) - net(x)).abs().max().item() < 1e-12
+    assert impls == ["conv"] * len(blocks)

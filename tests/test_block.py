@@ -1,4 +1,4 @@
-"""block: partition layout, GroupedFC, and the RepMLP block's exact merge after real training steps."""
+"""block: partition layout, and the RepMLP block's exact merge after real training steps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from repmlp_lite import fast_forward
-from repmlp_lite.block import GlobalPerceptron, GroupedFC, RepMLPBlock, partition, unpartition
+from repmlp_lite.block import GlobalPerceptron, RepMLPBlock, partition, unpartition
+from repmlp_lite.block_costs import grouped_input
 from repmlp_lite.conv_as_fc import fc_forward
 from repmlp_lite.reparameterize import check_equivalence, deploy
 
@@ -41,40 +42,6 @@ def test_unpartition_changes_channels():
     out = unpartition(parts, 2, 4, 6)
     assert out.shape == (2, 5, 4, 6)
     assert torch.equal(partition(out, 2, 2), parts)
-
-
-# ---- GroupedFC -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("groups", [1, 2, 3])
-@pytest.mark.parametrize("bias", [False, True])
-def test_grouped_fc_is_a_grouped_1x1_conv(groups, bias):
-    torch.manual_seed(groups)
-    fc = GroupedFC(12, 6, groups, bias=bias).double()
-    if bias:
-        nn.init.normal_(fc.bias)
-    assert fc.weight.shape == (6, 12 // groups)
-    x = torch.randn(5, 12, dtype=torch.float64)
-    expected = F.conv2d(x[:, :, None, None], fc.weight[:, :, None, None], fc.bias, groups=groups)[:, :, 0, 0]
-    assert (fc(x) - expected).abs().max().item() < 1e-12
-    # and the same as fc_forward with a 1x1 "image"
-    assert (fc_forward(x[:, :, None, None], fc.weight, fc.bias, groups=groups)[:, :, 0, 0] - expected).abs().max() < 1e-12
-
-
-def test_grouped_fc_groups_do_not_mix():
-    fc = GroupedFC(4, 4, groups=2).double()
-    x = torch.zeros(1, 4, dtype=torch.float64)
-    x[0, 0] = 1.0  # a feature of group 0 only
-    out = fc(x)
-    assert torch.count_nonzero(out[0, 2:]) == 0
-    assert torch.equal(out[0, :2], fc.weight[:2, 0])
-
-
-def test_grouped_fc_rejects_indivisible_features():
-    with pytest.raises(ValueError, match=r"in_features=5 must be divisible by groups=2"):
-        GroupedFC(5, 4, 2)
-    with pytest.raises(ValueError, match=r"out_features=5 must be divisible by groups=2"):
-        GroupedFC(4, 5, 2)
 
 
 # ---- the block's merge, after real training steps -----------------------------------------
@@ -349,7 +316,7 @@ def test_grouped_input_is_the_partitions_plus_v_by_group(train_steps, randomize_
     _, merged, x = _fast_pair(train_steps, randomize_bn, name, torch.float64)
     c, _, height, width, h, w, g, _ = FAST[name]
     with torch.no_grad():
-        operand = merged.grouped_input(x)
+        operand = grouped_input(merged, x)
         parts = partition(x, h, w)  # (M, C, h, w)
         gp = merged.global_perceptron
         if gp is not None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
+import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -11,7 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from repmlp_lite.data import DATASETS, ImageData, load_dataset, load_digits
+from repmlp_lite import data as data_module
+from repmlp_lite.data import DATASETS, DataError, ImageData, load_cifar10, load_dataset, load_digits
 from repmlp_lite.nets import small_repmlp_resnet
 from repmlp_lite.reparameterize import check_equivalence
 from repmlp_lite.train import History, accuracy, pick_device, predict, seed_everything, train
@@ -67,6 +71,44 @@ def test_load_dataset_dispatches_and_rejects_unknown_names():
     assert data.train.tensors[0].shape[1:] == (1, 8, 8)
     with pytest.raises(ValueError, match=r"dataset must be one of .*'mnist'"):
         load_dataset("mnist")
+
+
+def test_the_digits_without_scikit_learn_say_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import sklearn.datasets now fails
+    with pytest.raises(ImportError, match=r"the digits ship with scikit-learn, which is not installed: pip install"):
+        load_digits(image_size=8)
+
+
+def test_load_cifar10_reads_cifars_own_format(cifar_dir):
+    """The chapters' CIFAR-10: the published batches, standardised by the training split."""
+    data = load_dataset("cifar10", root=cifar_dir, train_size=12, test_size=5)
+    (train_x, train_y), test_x = data.train.tensors, data.test.tensors[0]
+    assert train_x.shape == (12, 3, 32, 32) and test_x.shape == (5, 3, 32, 32)
+    assert (data.num_classes, data.in_channels, data.image_size) == (10, 3, 32)
+    folder = cifar_dir / "cifar-10-batches-py"
+    batches = [pickle.loads((folder / name).read_bytes()) for name in ("data_batch_1", "data_batch_2")]
+    raw = torch.from_numpy(np.concatenate([b[b"data"] for b in batches])[:12].reshape(-1, 3, 32, 32)).float() / 255
+    assert train_y.tolist() == [int(v) for b in batches for v in b[b"labels"]][:12]
+    mean, std = raw.mean((0, 2, 3), keepdim=True), raw.std((0, 2, 3), keepdim=True)
+    assert torch.allclose(train_x, (raw - mean) / std, atol=1e-6)
+
+
+def test_load_cifar10_downloads_only_what_is_missing(cifar_dir, tmp_path, monkeypatch):
+    fetched = []
+
+    def fake_download(name, root):  # what the real one writes: the published archive, in root
+        fetched.append((name, root))
+        with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(cifar_dir / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+
+    monkeypatch.setattr(data_module, "download_cifar", fake_download)
+    with pytest.raises(DataError, match=f"no CIFAR-10 batches in {tmp_path}"):
+        load_cifar10(tmp_path, download=False)
+    assert len(load_cifar10(tmp_path).train) == 16 and fetched == [("cifar10", tmp_path)]
+    assert len(load_cifar10(tmp_path).test) == 8 and len(fetched) == 1  # the archive is there now
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"truncated")
+    with pytest.raises(DataError, match="cannot read the CIFAR archive"):
+        load_cifar10(tmp_path)
 
 
 # ---- train ---------------------------------------------------------------------------------

@@ -90,6 +90,19 @@ def test_fuse_linear_bn_equals_linear_then_bn(randomize_bn, linear_bias, assert_
     assert (bias - ref_b).abs().max().item() < 1e-12
 
 
+@pytest.mark.parametrize("linear_bias", [False, True])
+def test_fuse_linear_bn_over_a_map_equals_linear_then_bn2d(randomize_bn, linear_bias, assert_equivalent):
+    """An FC whose C*P*Q outputs are a map (C, P, Q), then BN2d over its C channels (RepMLPNet's FC3)."""
+    torch.manual_seed(2 + int(linear_bias))
+    c, p, q = 3, 2, 3
+    fc = nn.Linear(5, c * p * q, bias=linear_bias).to(D)
+    bn = randomize_bn(nn.BatchNorm2d(c).to(D), seed=5)
+    _bn_is_not_identity(bn)
+    x = torch.randn(4, 5, dtype=D)
+    weight, bias = fuse_linear_bn(fc.weight, fc.bias, bn, pixels_per_channel=p * q)
+    assert_equivalent(F.linear(x, weight, bias), bn(fc(x).reshape(4, c, p, q)).flatten(1))
+
+
 @pytest.mark.parametrize("p,q", [(1, 1), (2, 3), (4, 4)])
 @pytest.mark.parametrize("linear_bias", [False, True])
 def test_fuse_bn_linear_equals_bn_then_flatten_then_linear(randomize_bn, p, q, linear_bias, assert_equivalent):
@@ -141,5 +154,7 @@ def test_channel_mismatch_raises():
         fuse_conv_bn(torch.randn(4, 2, 3, 3), None, nn.BatchNorm2d(3))
     with pytest.raises(ValueError, match=r"weight has 5 output channels but bn has num_features=6"):
         fuse_linear_bn(torch.randn(5, 2), None, nn.BatchNorm1d(6))
+    with pytest.raises(ValueError, match=r"weight has 10 output channels but bn covers num_features \* pixels_per"):
+        fuse_linear_bn(torch.randn(10, 2), None, nn.BatchNorm2d(3), pixels_per_channel=4)
     with pytest.raises(ValueError, match=r"num_features \* pixels_per_channel = 12"):
         fuse_bn_linear(nn.BatchNorm2d(3), torch.randn(2, 10), None, pixels_per_channel=4)

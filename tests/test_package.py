@@ -1,9 +1,12 @@
 """The package's shape: each module imports alone, no module imports another inside a function, the
-import graph has no cycle, ``import repmlp_lite`` leaves the book's libraries alone, modules stay short."""
+import graph has no cycle, ``import repmlp_lite`` leaves the book's libraries alone, modules stay short,
+nothing imports torchvision."""
 
 from __future__ import annotations
 
 import ast
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +96,8 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
 
 
 def test_importing_the_package_leaves_the_books_libraries_alone():
-    script = "import sys, repmlp_lite; print(sorted(m for m in ('pandas', 'ipywidgets', 'onnx', 'onnxruntime', 'matplotlib') if m in sys.modules))"
+    books = "('pandas', 'ipywidgets', 'onnx', 'onnxruntime', 'matplotlib', 'sklearn', 'torchvision')"
+    script = f"import sys, repmlp_lite; print(sorted(m for m in {books} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -103,3 +107,16 @@ def test_modules_are_short():
     lines = {name: len((PACKAGE / f"{name}.py").read_text().splitlines()) for name in [*MODULES, "__init__"]}
     assert lines["block"] < 320, "block.py is the paper's Sec. 3: keep it readable in one sitting"
     assert not {name: n for name, n in lines.items() if n > 500}
+
+
+def test_nothing_imports_torchvision():
+    """No torchvision anywhere (no CPU build of it here; CIFAR is read in its own format): not the package,
+    not a chapter, not a test."""
+    root = PACKAGE.parent
+    pattern = re.compile(r"^\s*(import|from)\s+torchvision\b", re.M)
+    sources = {p: p.read_text() for p in [*PACKAGE.glob("*.py"), *(root / "tests").glob("*.py")]}
+    for notebook in (root / "notebooks").glob("*.ipynb"):
+        cells = json.loads(notebook.read_text())["cells"]
+        sources[notebook] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    assert not [str(p.relative_to(root)) for p, text in sources.items() if pattern.search(text)]
+    assert pattern.search("x = 1\nfrom torchvision.datasets import CIFAR10\n")  # the check can fail

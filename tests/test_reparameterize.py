@@ -15,7 +15,8 @@ from torch import nn
 
 import repmlp_lite
 from repmlp_lite.block import GlobalPerceptron, RepMLPBlock
-from repmlp_lite.nets import ConvBNLayer
+from repmlp_lite.layers import ConvBNLayer, LinearBNLayer
+from repmlp_lite.paper_speed import ConvFC3Block
 from repmlp_lite.reparameterize import (
     Equivalence,
     Reparameterizable,
@@ -34,12 +35,10 @@ TWICE = r"is already merged: switch_to_deploy\(\) was called twice"  # after the
 
 
 def _mixed_model() -> nn.Sequential:
-    """Blocks with conv + BN around them (those must survive deploy) and a nested block."""
+    """Blocks with a conv + BN layer and a plain BN around them, and a nested block."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1, bias=False),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
+        ConvBNLayer(2, 4, 3, act=nn.ReLU()),
         RepMLPBlock(4, 4, 8, 8, 4, 4, groups=2),
         nn.BatchNorm2d(4),
         nn.Sequential(nn.ReLU(), RepMLPBlock(4, 6, 8, 8, 2, 4, reparam_conv_k=(3,))),
@@ -58,14 +57,24 @@ def test_deploy_merges_every_block_and_fuses_conv_bn(trained_model):
     for b in blocks:
         assert not any(isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) for m in b.modules())
         assert b.fc3.bias is not None
-    # the conv + BN pair outside the blocks is one conv with bias now; its BN an Identity
-    assert isinstance(merged[0], nn.Conv2d) and merged[0].bias is not None
-    assert isinstance(merged[1], nn.Identity)
-    # a BN that follows no conv or FC (here: a RepMLP block) is left as it is
-    assert isinstance(merged[4], nn.BatchNorm2d)
-    assert torch.equal(merged[4].running_mean, trained_model[4].running_mean)
-    assert batchnorms_left(merged) == ["4"]
+    # the conv + BN layer outside the blocks is one conv with bias now
+    assert merged[0].deployed and merged[0].conv.bias is not None and merged[0].bn is None
+    # a BN of the model's own (no part of a re-parameterizable module) is left as it is
+    assert isinstance(merged[2], nn.BatchNorm2d)
+    assert torch.equal(merged[2].running_mean, trained_model[2].running_mean)
+    assert batchnorms_left(merged) == ["2"]
     assert not merged.training and not any(m.training for m in merged.modules())
+
+
+def test_deploy_is_the_one_walk_on_an_eval_copy(trained_model):
+    """deploy(model) is reparameterize_model on a deep copy in eval mode, nothing more: a bare Conv2d +
+    BatchNorm2d pair (no re-parameterizable module) is not fused behind the walk's back."""
+    by_hand = reparameterize_model(copy.deepcopy(trained_model).eval())
+    merged = deploy(trained_model)
+    assert merged.state_dict().keys() == by_hand.state_dict().keys()
+    assert all(torch.equal(v, by_hand.state_dict()[k]) for k, v in merged.state_dict().items())
+    bare = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3))
+    assert [type(m) for m in deploy(bare)] == [nn.Conv2d, nn.BatchNorm2d]
 
 
 def test_deploy_fuses_linear_bn_and_merges_children_first_once_each():
@@ -86,13 +95,13 @@ def test_deploy_fuses_linear_bn_and_merges_children_first_once_each():
 
     torch.manual_seed(0)
     tree = Recorder("outer", Recorder("left", Recorder("leaf")), nn.Sequential(Recorder("right")))
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), tree).double()
+    model = nn.Sequential(LinearBNLayer(3, 4), tree).double()
     model.train()(torch.randn(8, 3, dtype=torch.float64))  # moves the BN statistics
     merged = deploy(model)
     assert calls == ["leaf", "left", "right", "outer"]
     assert all(m.deployed for m in merged.modules() if isinstance(m, Reparameterizable))
     assert not any(m.deployed for m in model.modules() if isinstance(m, Reparameterizable))
-    assert isinstance(merged[1], nn.Identity) and merged[0].bias is not None
+    assert merged[0].bn is None and batchnorms_left(merged) == []
     x = torch.randn(5, 3, dtype=torch.float64)
     with torch.no_grad():
         assert (merged(x) - model.eval()(x)).abs().max().item() < 1e-12
@@ -103,10 +112,20 @@ def test_reparameterize_model_is_in_place_and_skips_nothing():
     model = _mixed_model().eval()
     assert reparameterize_model(model) is model
     flags = [m.deployed for m in model.modules() if isinstance(m, Reparameterizable)]
-    assert flags == [True] * 4  # 2 blocks, their 2 global perceptrons
-    assert isinstance(model[1], nn.BatchNorm2d)  # BN fusing in nn.Sequential is deploy()'s second step
-    with pytest.raises(ValueError, match=f"RepMLPBlock {TWICE}"):
+    assert flags == [True] * 5  # the conv + BN layer, 2 blocks, their 2 global perceptrons
+    assert isinstance(model[2], nn.BatchNorm2d)  # a plain BN is no re-parameterizable module: it stays
+    with pytest.raises(ValueError, match=f"ConvBNLayer {TWICE}"):
         reparameterize_model(model)
+
+
+def test_reparameterize_model_of_one_kind_merges_only_that_kind():
+    """``kind`` restricts the same walk: here the global perceptrons alone, inside unmerged blocks."""
+    model = _mixed_model().eval()
+    assert reparameterize_model(model, GlobalPerceptron) is model
+    merged = {type(m).__name__: m.deployed for m in model.modules() if isinstance(m, Reparameterizable)}
+    assert merged == {"ConvBNLayer": False, "RepMLPBlock": False, "GlobalPerceptron": True}
+    gps = [m for m in model.modules() if isinstance(m, GlobalPerceptron)]
+    assert len(gps) == 2 and all(gp.deployed and gp.bn is None for gp in gps)
 
 
 def test_deploy_is_exact_on_a_mixed_model(trained_model, assert_equivalent):
@@ -143,7 +162,7 @@ def test_deploy_leaves_the_original_untouched(trained_model):
 
 def test_deploy_of_a_deployed_model_raises(trained_model):
     merged = deploy(trained_model)
-    with pytest.raises(ValueError, match=f"RepMLPBlock {TWICE}"):
+    with pytest.raises(ValueError, match=f"ConvBNLayer {TWICE}"):
         deploy(merged)
 
 
@@ -200,7 +219,9 @@ FACTORIES: dict[type, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     GlobalPerceptron: (lambda: GlobalPerceptron(4, 2, 2, 4, 4, fc1_fc2_reduction=2), (3, 4, 8, 8)),
     RepMLPBlock: (lambda: RepMLPBlock(4, 6, 8, 8, 4, 4, groups=2, reparam_conv_k=(1, 3)), (3, 4, 8, 8)),
     ConvBNLayer: (lambda: ConvBNLayer(3, 5, 3, stride=2, act=nn.ReLU()), (3, 3, 9, 9)),
+    LinearBNLayer: (lambda: LinearBNLayer(6, 5, act=nn.ReLU()), (3, 6)),
     RepMLPNetBlock: (lambda: RepMLPNetBlock(8, 4, 4, num_sharesets=2, reparam_conv_k=(1, 3)), (3, 8, 8, 8)),
+    ConvFC3Block: (lambda: ConvFC3Block(8, 4, 4, num_sharesets=2, reparam_conv_k=(1, 3)), (3, 8, 8, 8)),
     RepMLPNetUnit: (lambda: RepMLPNetUnit(8, 4, 4, num_sharesets=4, ffn_expand=2), (3, 8, 8, 8)),
     RepMLPNet: (lambda: small_repmlpnet(num_classes=5, partitions_per_side=2), (3, 1, 32, 32)),
 }

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tarfile
@@ -16,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from repmlp_lite import create_model
+from repmlp_lite import create_model, training_run
+from repmlp_lite import train as train_module
 from repmlp_lite.checkpoint import save_atomic
-from repmlp_lite.datasets import Augmented, cifar_transform, load_cifar, random_resized_crop_box
+from repmlp_lite.data import Augmented, cifar_transform, load_cifar, random_resized_crop_box
 from repmlp_lite.train import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -44,23 +44,6 @@ def image_folder(tmp_path_factory) -> Path:
             for i in range(n):
                 suffix = ".png" if name == "cat" else ".jpg"  # both decoders
                 _write_image(root / split / name / f"{i}{suffix}", seed=100 * c + 10 * (split == "val") + i)
-    return root
-
-
-def _cifar_batch(n: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
-
-
-@pytest.fixture(scope="module")
-def cifar_dir(tmp_path_factory) -> Path:
-    """CIFAR-10's published layout, with 16 training and 8 test images of random pixels."""
-    root = tmp_path_factory.mktemp("cifar")
-    batches = root / "cifar-10-batches-py"
-    batches.mkdir()
-    for name, n, seed in (("data_batch_1", 8, 1), ("data_batch_2", 8, 2), ("test_batch", 8, 3)):
-        (batches / name).write_bytes(pickle.dumps(_cifar_batch(n, seed)))
-    (batches / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
     return root
 
 
@@ -233,13 +216,17 @@ def test_two_processes_of_half_the_batch_equal_one_process(tmp_path):
 # ---- bad input: one line, exit status 2 ------------------------------------------------------------
 
 
-def _refused(capsys, argv: list[str]) -> str:
+def _refused(capsys, argv: list[str], status: int = 2) -> str:
+    """The one line the command prints before exiting with ``status``, as a terminal shows it (a progress
+    bar that erased itself with carriage returns is not there)."""
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
+    assert exc.value.code == status
+    err = capsys.readouterr().err
+    shown = [line.rsplit("\r", 1)[-1].strip() for line in err.split("\n")]
+    shown = [line for line in shown if line]
+    assert len(shown) == 1 and "Traceback" not in err, err
+    return shown[0]
 
 
 def test_refuses_bad_data(capsys, tmp_path, image_folder):
@@ -306,6 +293,148 @@ def test_refuses_a_checkpoint_of_other_shapes(capsys, tmp_path):
         capsys, ["--model", "small_repmlpnet", "--data", "digits", "--image-size", "16", *out, "--resume"]
     )
     assert "is of model 'small_repmlp_resnet', not 'small_repmlpnet'" in err
+
+
+# ---- bad input found by trying it: each one line, a non-zero status, the last good checkpoint kept ----------
+
+
+def test_keeps_the_checkpoint_before_the_last_and_goes_on_from_it(capsys, tmp_path):
+    """A damaged or foreign last.pt is named, with what is wrong; the one before it (previous.pt) is whole,
+    and a run that goes on from it ends where the uninterrupted run did (on the CPU: GPU kernels are not
+    deterministic)."""
+    args = [*DIGITS, "--limit-train", "32", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path)]
+    main(args)
+    capsys.readouterr()
+    last, previous = tmp_path / "last.pt", tmp_path / "previous.pt"
+    assert torch.load(previous, weights_only=False)["epoch"] == 1 and torch.load(last, weights_only=False)["epoch"] == 2
+    uninterrupted = _params(last)
+    whole = last.read_bytes()
+    for damage, what in [
+        (whole[: len(whole) // 2], "is not a readable checkpoint (cut short or damaged"),
+        (b"not a checkpoint\n", "is not a readable checkpoint (not a file torch.save wrote"),
+        (None, "is not a checkpoint of this command (no 'model_name' key in the OrderedDict it holds)"),
+    ]:
+        if damage is None:
+            torch.save(uninterrupted, last)  # a bare state dict, as deployed.pt is
+        else:
+            last.write_bytes(damage)
+        err = _refused(capsys, [*args, "--resume"])
+        assert f"--resume: {last} {what}" in err and err.endswith(f"go on from there with --resume {previous}")
+    main([*args, "--resume", str(previous)])  # epoch 2 again, from the end of epoch 1
+    capsys.readouterr()
+    assert _max_diff(_params(last), uninterrupted) <= 1e-6
+    assert torch.load(previous, weights_only=False)["epoch"] == 1  # the damaged last.pt was not kept as previous
+    last.unlink()
+    assert f"no checkpoint {last}" in _refused(capsys, [*args, "--resume"])
+
+
+def test_refuses_a_resume_with_other_data_settings(capsys, tmp_path):
+    out = ["--out", str(tmp_path), "--epochs", "1", "--limit-train", "16"]
+    main([*DIGITS, *out])
+    capsys.readouterr()
+    err = _refused(capsys, [*DIGITS, *out, "--batch-size", "8", "--resume"])
+    assert err.endswith("was written with --batch-size 16, this run has --batch-size 8: give --batch-size 16 to go on")
+
+
+def test_refuses_bad_numbers_before_training(capsys, tmp_path):
+    out = ["--out", str(tmp_path / "run"), "--epochs", "1"]
+    for option, value, rule in [
+        ("--lr", "nan", "--lr must be a finite number above 0, got nan"),
+        ("--lr", "-0.1", "--lr must be a finite number above 0, got -0.1"),
+        ("--weight-decay", "inf", "--weight-decay must be a finite number at least 0, got inf"),
+        ("--label-smoothing", "1", "--label-smoothing must be a finite number at least 0 and below 1, got 1.0"),
+        ("--clip-grad", "-1", "--clip-grad must be a finite number at least 0, got -1.0"),
+        ("--warmup-epochs", "nan", "--warmup-epochs must be a finite number at least 0, got nan"),
+        ("--workers", "-1", "--workers must be 0 or more, got -1"),
+        ("--save-every", "-2", "--save-every must be 0 or more, got -2"),
+        ("--limit-train", "0", "--limit-train must be a positive integer, got 0"),
+        ("--image-size", "0", "--image-size must be a positive integer, got 0"),
+        ("--model-kwargs", '{"wide": 8}', "--model-kwargs: small_repmlp_resnet takes no 'wide'; it takes in_channels"),
+    ]:
+        assert rule in _refused(capsys, [*DIGITS, *out, option, value])
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_refuses_an_out_that_is_not_a_directory(capsys, tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("")
+    assert f"--out {file} is a file: give a directory" in _refused(capsys, [*DIGITS, "--out", str(file)])
+    err = _refused(capsys, [*DIGITS, "--out", str(file / "run")])
+    assert f"--out {file / 'run'}: cannot make the run directory (Not a directory)" in err
+
+
+def test_the_digits_without_scikit_learn_are_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import sklearn.datasets now fails
+    err = _refused(capsys, [*DIGITS, "--out", str(tmp_path)])
+    assert "--data digits: the digits ship with scikit-learn, which is not installed: pip install" in err
+
+
+class _NanLossAt(torch.nn.CrossEntropyLoss):
+    """Cross-entropy whose value turns NaN from call ``at`` on (a run that diverges)."""
+
+    calls = 0
+    at = 3
+
+    def forward(self, logits, target):
+        type(self).calls += 1
+        loss = super().forward(logits, target)
+        return loss * float("nan") if type(self).calls >= self.at else loss
+
+
+def test_stops_at_a_loss_that_is_not_finite_with_the_last_good_checkpoint(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(training_run.nn, "CrossEntropyLoss", _NanLossAt)
+    monkeypatch.setattr(_NanLossAt, "calls", 0)
+    args = [*DIGITS, "--epochs", "2", "--save-every", "2", "--out", str(tmp_path)]
+    err = _refused(capsys, args, status=1)
+    assert err.endswith(
+        "the training loss is not finite (nan) at step 3 of 8 (epoch 1) with --lr 0.0125: training stopped there; "
+        f"the last checkpoint, {tmp_path / 'last.pt'}, holds the run after step 2"
+    )
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
+    assert all(v.isfinite().all() for v in _params(tmp_path / "last.pt").values() if v.is_floating_point())
+
+
+def test_never_writes_weights_that_are_not_finite(capsys, tmp_path, monkeypatch):
+    """Weights that turn infinite at a step whose loss was still finite stop the run before they are saved."""
+    make = training_run.make_optimizer
+
+    def poisoned(model, *args):
+        optimizer = make(model, *args)
+        steps = []
+
+        def after_step(opt, *_):
+            steps.append(1)
+            if len(steps) == 3:
+                next(model.parameters()).data.fill_(float("inf"))
+
+        optimizer.register_step_post_hook(after_step)
+        return optimizer
+
+    monkeypatch.setattr(training_run, "make_optimizer", poisoned)
+    err = _refused(capsys, [*DIGITS, "--epochs", "1", "--save-every", "1", "--out", str(tmp_path)], status=1)
+    assert "the weights are not finite after step 3 of 4 (epoch 1) with --lr 0.0125" in err
+    assert err.endswith(f"the last checkpoint, {tmp_path / 'last.pt'}, holds the run after step 2")
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
+    assert torch.load(tmp_path / "previous.pt", weights_only=False)["step"] == 1
+
+
+def test_a_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    err = _refused(capsys, [*DIGITS, "--epochs", "1", "--out", str(tmp_path)])
+    assert f"cannot write the checkpoint {tmp_path / 'last.pt'} (No space left on device)" in err
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either
+
+
+def test_an_interrupted_run_says_how_to_go_on(capsys, tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    err = _refused(capsys, [*DIGITS, "--epochs", "1", "--out", str(tmp_path)], status=130)
+    assert err.endswith("interrupted; --resume goes on from the last checkpoint in " + str(tmp_path))
 
 
 def test_bf16_autocast_trains_on_the_cpu(tmp_path):

@@ -17,6 +17,7 @@ from repmlp_lite.measure import randomize_bn
 from repmlp_lite.nets import RepMLPBottleneck, RepMLPLightBlock, ResNetBottleneck
 from repmlp_lite.reparameterize import batchnorms_left
 from repmlp_lite.tables import ROWS, recount, truncated
+from repmlp_lite.zoo import model_keywords, register_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -93,6 +94,17 @@ def test_bad_builder_arguments_raise(kwargs, match):
 def test_unknown_model_name_raises():
     with pytest.raises(ValueError, match="unknown model name 'resnet18'"):
         create_model("resnet18")
+
+
+def test_builders_name_every_argument_they_take():
+    """A builder's signature is what it accepts (the training command builds from it): no ``**kwargs``."""
+    assert model_keywords("repmlpnet_b224") == ("num_classes", "in_channels", "reparam_conv_k")
+    assert all(model_keywords(name)[0] == "num_classes" for name in list_models())
+    with pytest.raises(ValueError, match=r"model 'resnet50_224' takes no argument 'width'; it takes num_classes$"):
+        create_model("resnet50_224", width=8)
+    with pytest.raises(ValueError, match=r"the builder of 'x' must name every argument it takes"):
+        register_model("x")(lambda num_classes=10, **kwargs: nn.Identity())
+    assert "x" not in list_models()
 
 
 def _random_trained(name: str, seed: int = 0) -> nn.Module:

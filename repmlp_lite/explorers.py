@@ -397,6 +397,10 @@ def identity_trick_html(
     labels = {"kernel_size": "kernel size K", "padding": "padding p"}
     if set(choices) != set(labels) or not all(choices.values()):
         raise ValueError(f"choices must give some values for exactly {sorted(labels)}, got {choices!r}")
+    for kernel_size in choices["kernel_size"]:
+        check_positive("kernel_size", kernel_size)
+    if not all(isinstance(padding, int) and padding >= 0 for padding in choices["padding"]):
+        raise ValueError(f"padding must be integers >= 0, got {choices['padding']!r}")
     start = {name: value if value in choices[name] else choices[name][0] for name, value in zip(labels, preferred)}
     root = f"itx-{uuid.uuid4().hex[:8]}"  # unique in a JupyterLab window that shows several notebooks
     controls = "".join(

@@ -1,19 +1,23 @@
-"""Controls that move in the static HTML book, with no kernel: chapter 2's kernel explorer, chapter 4's partitions.
+"""The book's explorers (:mod:`repmlp_lite.explorers`): controls a reader moves, with or without a kernel.
 
-The explorers (:func:`repmlp_lite.explorers.static_kernel_explorer`, :func:`~repmlp_lite.explorers.static_partition_explorer`)
-draw every picture when the chapter runs and switch between them with ``jslink`` ed toggle buttons. Checked here:
+* Drawn in advance, switched with ``jslink`` ed toggle buttons: chapter 2's kernel explorer
+  (:func:`~repmlp_lite.explorers.static_kernel_explorer`) and chapter 4's partitions
+  (:func:`~repmlp_lite.explorers.static_partition_explorer`). In Python: following the links from each
+  control to its stacks reaches, for every setting, the picture :func:`~repmlp_lite.explorers.explorer_png`
+  / :func:`~repmlp_lite.explorers.partition_png` draws for it (or the package's error message), and the
+  PNGs are deterministic and no wider than the book's column. In the built page: clicking through every
+  value of every control changes the shown picture to the very bytes the package draws for that setting
+  (an error message where the package refuses it). A screenshot of each chapter-2 state the test visits
+  is saved as ``_build/screenshots/02_explorer_<setting>.png``.
+* Live: :func:`~repmlp_lite.explorers.kernel_explorer` shows the package's error for an impossible
+  setting, and on the static page its default picture with a note.
 
-* in Python: following the links from each control to its stacks reaches, for every setting, the picture
-  :func:`~repmlp_lite.explorers.explorer_png` / :func:`~repmlp_lite.explorers.partition_png` draws for it (or the
-  package's error message), and the PNGs are deterministic and no wider than the book's column;
-* in the built page (Chromium, driven by Playwright, served on 127.0.0.1 only): clicking through every
-  value of every control of chapter 2 changes the shown picture to the very bytes the package draws for
-  that setting (an error message where the package refuses the setting); the same for chapter 4; no
-  console error and no request leaving 127.0.0.1. A screenshot of each chapter-2 state the test visits is
-  saved as ``_build/screenshots/02_explorer_<setting>.png``.
+The identity-trick explorer, the module's third kind, has its own tests: ``tests/test_identity_explorer.py``.
 
-The browser part uses the book built by ``book_fixtures`` (``REUSE_BOOK_BUILD=1`` checks an existing
-``_build/html``). Where Chromium or Playwright is missing it is skipped, unless ``REQUIRE_BROWSER=1``.
+The browser parts (Chromium, driven by Playwright, served on 127.0.0.1 only; no console error and no
+request leaving 127.0.0.1) use the book built by ``book_fixtures`` (``REUSE_BOOK_BUILD=1`` checks an
+existing ``_build/html``). Where Chromium or Playwright is missing they are skipped, unless
+``REQUIRE_BROWSER=1``.
 """
 
 from __future__ import annotations
@@ -29,13 +33,12 @@ import matplotlib
 matplotlib.use("Agg")
 
 import ipywidgets as widgets  # noqa: E402
-from book_fixtures import LOCAL_HOST, SCREENSHOT_DIR, is_local, local_only_context, page_path  # noqa: E402
+from book_fixtures import LOCAL_HOST, SCREENSHOT_DIR, LocalPage, page_path  # noqa: E402
 from ipywidgets.widgets.widget import _instances as widget_registry  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
 from repmlp_lite import book, explorers, style  # noqa: E402
 
-TIMEOUT_MS = 60_000
 COLUMN_PX = int(style.COLUMN_WIDTH_IN * style.FIGURE_DPI)
 
 
@@ -197,20 +200,8 @@ def test_kernel_explorer_on_a_static_page_is_its_default_picture_with_a_note(mon
 # --- in the built book ----------------------------------------------------------------------
 
 
-class Page:
-    """One chapter page in Chromium, with its console errors and outside requests recorded."""
-
-    def __init__(self, browser, url: str):
-        self.outside: list[str] = []
-        self.errors: list[str] = []
-        self.context = local_only_context(browser, self.outside, viewport={"width": 1280, "height": 900})
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(TIMEOUT_MS)
-        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
-        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        self.page.on("request", lambda req: None if is_local(req.url) else self.outside.append(req.url))
-        self.page.goto(url, wait_until="load")
-        self.page.wait_for_load_state("networkidle")
+class Page(LocalPage):
+    """A chapter page in Chromium, with its ipywidgets explorers' pictures and buttons."""
 
     def shown_picture(self, css_prefix: str):
         """``(class list, PNG bytes)`` of the one picture shown in the explorer, or ``(None, error text)``."""
@@ -232,10 +223,6 @@ class Page:
     def choose(self, css_prefix: str, name: str, value) -> None:
         buttons = self.page.locator(f".{css_prefix}-{name} button")
         buttons.filter(has_text=re.compile(rf"^\s*{re.escape(str(value))}\s*$")).first.click()
-
-    def close(self):
-        self.context.close()
-
 
 def _walk(settings: dict, choices: dict) -> list[tuple[str, object]]:
     """Every value of every control, one control at a time, ending each control back at its default."""

@@ -38,57 +38,41 @@ function repmlpIdentityExplorer(root) {
     if (text !== undefined) cell.textContent = text;
   }
 
-  // The entries of W along a row or a column: [{cell, r, c}], with the kernel entries they copy.
-  function line(panel, r, c) {
+  // Row r (column null) or column c (row null) of W: marks the line, its nonzeros and the pixels at
+  // their other ends (of `pixels`, each showing its weight) and the kernel entries used; returns their
+  // number (the kernel's entries are all different, so a line holds each at most once).
+  function markLine(panel, r, c, pixels) {
     const w = grid(panel, "w"), cols = Number(w.dataset.cols), entries = cells(panel, "w");
-    const rows = entries.length / cols, found = [];
-    for (let k = 0; k < (r === null ? rows : cols); k++) {
-      const rr = r === null ? k : r, cc = c === null ? k : c;
-      found.push({ cell: entries[rr * cols + cc], r: rr, c: cc });
+    const taps = new Set(), length = r === null ? entries.length / cols : cols;
+    for (let k = 0; k < length; k++) {
+      const cell = r === null ? entries[k * cols + c] : entries[r * cols + k];
+      mark(cell, "itx-band");
+      if (isNonzero(cell)) {
+        mark(cell, "itx-hit");
+        mark(pixels[k], "itx-hit", cell.textContent);
+        taps.add(cell.textContent);
+      }
     }
-    return found;
-  }
-
-  function markTaps(panel, taps) {
     for (const cell of cells(panel, "kernel")) if (taps.has(cell.textContent)) mark(cell, "itx-hit");
+    return taps.size;
   }
 
   function showOutput(panel, r) {
-    const outputs = cells(panel, "out"), inputs = cells(panel, "inp"), taps = new Set();
+    const output = cells(panel, "out")[r], used = markLine(panel, r, null, cells(panel, "inp"));
     const [kernelSize] = panel.dataset.setting.split("-").map(Number);
-    for (const { cell, c } of line(panel, r, null)) {
-      mark(cell, "itx-band");
-      if (isNonzero(cell)) {
-        mark(cell, "itx-hit");
-        mark(inputs[c], "itx-hit", cell.textContent);
-        taps.add(cell.textContent);
-      }
-    }
-    mark(outputs[r], "itx-at");
-    markTaps(panel, taps);
-    const used = taps.size, padded = kernelSize * kernelSize - used;
+    mark(output, "itx-at");
     return used === 0
-      ? `${nameOf(outputs[r])} is row ${r} of W: all zero, every kernel tap falls on the padding.`
-      : `${nameOf(outputs[r])} is row ${r} of W: it adds up ${used} input pixels, each times the weight ` +
-          `written on it (${padded} of the ${kernelSize * kernelSize} kernel taps fall on the padding).`;
+      ? `${nameOf(output)} is row ${r} of W: all zero, every kernel tap falls on the padding.`
+      : `${nameOf(output)} is row ${r} of W: it adds up ${used} input pixels, each times the weight ` +
+          `written on it (${kernelSize * kernelSize - used} of the ${kernelSize * kernelSize} kernel taps ` +
+          "fall on the padding).";
   }
 
   function showInput(panel, c) {
-    const outputs = cells(panel, "out"), inputs = cells(panel, "inp"), taps = new Set();
-    let fed = 0;
-    for (const { cell, r } of line(panel, null, c)) {
-      mark(cell, "itx-band");
-      if (isNonzero(cell)) {
-        mark(cell, "itx-hit");
-        mark(outputs[r], "itx-hit", cell.textContent);
-        taps.add(cell.textContent);
-        fed += 1;
-      }
-    }
-    mark(inputs[c], "itx-at");
-    markTaps(panel, taps);
+    const input = cells(panel, "inp")[c], fed = markLine(panel, null, c, cells(panel, "out"));
+    mark(input, "itx-at");
     return (
-      `${nameOf(inputs[c])} is column ${c} of W: it feeds ${fed} output pixels, with the weights ` +
+      `${nameOf(input)} is column ${c} of W: it feeds ${fed} output pixels, with the weights ` +
       "written on them: the conv's response to a one-hot image there, the kernel turned by 180 degrees " +
       "(less any part outside the output image)."
     );

@@ -4,6 +4,7 @@ import graph has no cycle, ``import repmlp_lite`` leaves the book's libraries al
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,16 @@ def test_modules_are_short():
     lines = {name: len((PACKAGE / f"{name}.py").read_text().splitlines()) for name in [*MODULES, "__init__"]}
     assert lines["block"] < 320, "block.py is the paper's Sec. 3: keep it readable in one sitting"
     assert not {name: n for name, n in lines.items() if n > 500}
+
+
+def test_every_file_the_package_reads_is_in_its_wheel():
+    """Files beside the modules (the identity explorer's script and style) are read at run time: the
+    package data of pyproject.toml must name them, or an install from git (Colab) would lack them."""
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()  # (tomllib is Python 3.11+; 3.10 is supported)
+    section = re.search(r"^\[tool\.setuptools\.package-data\]\n(?:#.*\n)*repmlp_lite = (\[.*\])$", pyproject, re.M)
+    assert section, "pyproject.toml has no [tool.setuptools.package-data] for repmlp_lite"
+    patterns = ast.literal_eval(section.group(1))
+    data = [p.name for p in PACKAGE.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert data, "no data file found: the check would pass vacuously"
+    assert not [name for name in data if not any(Path(name).match(pattern) for pattern in patterns)]
+

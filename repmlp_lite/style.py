@@ -3,8 +3,8 @@
 The column is 688 px wide at a 1280 px window (measured by tests/test_browser.py): a figure is
 :data:`COLUMN_WIDTH_IN` inches at :data:`FIGURE_DPI`, so it is shown at its natural size and a 9 pt
 label is about 12 px on screen. Chapters call :func:`use_book_style` in their setup cell; the
-plots (:mod:`repmlp_lite.viz`), the diagrams (:mod:`repmlp_lite.diagram`) and the static widgets
-(:mod:`repmlp_lite.static_widgets`) size their figures with :func:`column_figsize`.
+plots (:mod:`repmlp_lite.viz`), the diagrams (:mod:`repmlp_lite.diagram`) and the explorers
+(:mod:`repmlp_lite.explorers`) size their figures with :func:`column_figsize`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pictures of the FC kernel of a conv (Chapters 1 to 3): the matrix, its bands, a gallery and a live explorer.
+"""Pictures of the FC kernel of a conv (Chapters 1 to 3): the matrix, its bands, a gallery, and their counts.
 
 Every matrix drawn here comes from :func:`repmlp_lite.conv_as_fc.conv_to_fc` (expanded to its dense,
 block-diagonal form by :func:`~repmlp_lite.conv_as_fc.grouped_to_dense` when ``groups > 1``). Shapes:
@@ -11,32 +11,26 @@ In the pictures a diverging colormap shows the values, exact zeros are white, th
 separate channels and thick black lines separate groups.
 
 The figure style (column width, :func:`~repmlp_lite.style.use_book_style`) is in :mod:`repmlp_lite.style`;
-the explorers that work without a kernel, drawn in advance, in :mod:`repmlp_lite.static_widgets`.
+the controls that show these pictures (the chapters' explorers) in :mod:`repmlp_lite.explorers`.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import ipywidgets as widgets
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from IPython.display import HTML, Image, clear_output, display
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ._checks import check_divisible, check_positive
-from .book import static_page
 from .conv_as_fc import conv_output_size, conv_to_fc, grouped_to_dense
 from .style import COLUMN_WIDTH_IN, column_figsize
-from .style import png_bytes as _png
 
 _CMAP = matplotlib.colormaps["coolwarm"].with_extremes(bad="white")  # masked (exact zero) entries are white
 _MAX_VALUE_LABELS = 2500  # show_values writes one label per entry: only for small matrices
@@ -382,7 +376,7 @@ def explorer_figure(
     out_channels: int,
     seed: int = 0,
 ) -> tuple[Figure, SparsityStats]:
-    """The picture :func:`kernel_explorer` shows: a random conv's dense FC kernel, with its counts.
+    """The picture of :func:`repmlp_lite.explorers.kernel_explorer`: a random conv's dense FC kernel, with its counts.
 
     The figure is a plain :class:`~matplotlib.figure.Figure` (not registered with pyplot, so it is
     never shown twice or leaked). Raises ``ValueError`` for a combination no conv has.
@@ -395,65 +389,6 @@ def explorer_figure(
     pad = "same" if padding is None else padding
     ax.set_title(f"K={kernel_size}, padding={pad}, groups={groups}, C={in_channels}, O={out_channels}, {h}x{w}")
     return fig, stats
-
-
-def kernel_explorer() -> widgets.VBox | HTML:
-    """Sliders for ``K``, padding, groups, ``h``, ``w``, ``C`` and ``O`` that redraw the FC kernel live.
-
-    Layout: the controls, a status line (the counts of :class:`SparsityStats`, or the package's
-    ``ValueError`` message when the combination is invalid), then the picture of :func:`explorer_figure`.
-    The picture is a PNG, so it shows with any matplotlib backend and is kept in a saved notebook.
-
-    For the HTML book (:func:`repmlp_lite.book.static_page`), where sliders could not move, it returns
-    instead the picture of the default settings with its counts and a line saying where to run it.
-    """
-    defaults = {"kernel_size": 3, "groups": 1, "h": 4, "w": 4, "in_channels": 2, "out_channels": 2}
-    # Before any widget exists: a widget created here would be saved in the static page's state.
-    if static_page():
-        fig, stats = explorer_figure(padding=None, **defaults)
-        png = base64.b64encode(_png(fig)).decode("ascii")
-        return HTML(
-            '<div class="live-explorer-stand-in"><p class="needs-kernel"><b>A live explorer</b>: its sliders redraw the picture with Python, '
-            "so they need a running kernel: open this chapter in JupyterLab or Colab. Below, its picture "
-            f"for the default settings.</p><p>{html.escape(stats.summary())}</p>"
-            f'<img src="data:image/png;base64,{png}" alt="The FC kernel of a random conv with the '
-            f'explorer\'s default settings: {html.escape(fig.axes[0].get_title())}"></div>'
-        )
-
-    def slider(value: int, low: int, high: int) -> widgets.IntSlider:
-        return widgets.IntSlider(value=value, min=low, max=high, continuous_update=False)
-
-    controls = {  # keyed by explorer_figure's parameters
-        "kernel_size": slider(defaults["kernel_size"], 1, 7),
-        # string values: a saved (static) notebook shows a None-valued option as blank
-        "padding": widgets.Dropdown(options=["same", "0", "1", "2", "3"], value="same"),
-        "groups": slider(defaults["groups"], 1, 4),
-        "h": slider(defaults["h"], 1, 8),
-        "w": slider(defaults["w"], 1, 8),
-        "in_channels": slider(defaults["in_channels"], 1, 6),
-        "out_channels": slider(defaults["out_channels"], 1, 6),
-    }
-    names = ["K", "padding", "groups", "h", "w", "C (in)", "O (out)"]
-    # Names in HTML widgets rather than in `description`: the static page's widget embedder
-    # typesets descriptions with the MathJax 2 API, which throws on a page that uses MathJax 3.
-    rows = [
-        widgets.HBox([widgets.HTML(name, layout=widgets.Layout(width="70px")), control])
-        for name, control in zip(names, controls.values())
-    ]
-    status = widgets.HTML()
-
-    def draw(padding: str, **settings: int) -> None:
-        try:
-            fig, stats = explorer_figure(padding=None if padding == "same" else int(padding), **settings)
-        except ValueError as error:
-            status.value = f"<b>Not a valid conv:</b> {html.escape(str(error))}"
-            clear_output()  # drop the last valid picture: it no longer matches the settings
-            return
-        status.value = html.escape(stats.summary())
-        display(Image(data=_png(fig), format="png"))
-
-    picture = widgets.interactive_output(draw, controls)
-    return widgets.VBox([widgets.HBox([widgets.VBox(rows[:4]), widgets.VBox(rows[4:])]), status, picture])
 
 
 def plot_fc_kernel_terms(

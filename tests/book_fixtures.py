@@ -79,6 +79,28 @@ def local_only_context(browser, outside: list[str], **options):
     return context
 
 
+class LocalPage:
+    """One page of the built book in Chromium (``page``), in a :func:`local_only_context`, with its
+    console errors (``errors``) and the requests that left this machine (``outside``) recorded."""
+
+    TIMEOUT_MS = 60_000
+
+    def __init__(self, browser, url: str):
+        self.outside: list[str] = []
+        self.errors: list[str] = []
+        self.context = local_only_context(browser, self.outside, viewport={"width": 1280, "height": 900})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(self.TIMEOUT_MS)
+        self.page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        self.page.on("request", lambda req: None if is_local(req.url) else self.outside.append(req.url))
+        self.page.goto(url, wait_until="load")
+        self.page.wait_for_load_state("networkidle")
+
+    def close(self) -> None:
+        self.context.close()
+
+
 # Every page of the book, in the order of its "next" links; the chapters are its notebooks.
 # Both come from _toc.yml, so a chapter added there is checked without editing the tests
 # (test_book checks that every notebook in notebooks/ is listed, and built).

@@ -231,7 +231,7 @@ def test_chapter_has_colab_launch_link(built_book, page):
 
 
 def test_kernel_backed_explorer_is_a_picture_with_a_note(built_book):
-    """Chapter 2's live explorer (``viz.kernel_explorer``) would need a kernel: the book shows its
+    """Chapter 2's live explorer (``explorers.kernel_explorer``) would need a kernel: the book shows its
     default picture and says where it runs, and no slider of it is saved in the page."""
     soup = _soup("notebooks/02_seeing_the_kernel")
     notes = _main(soup).select("p.needs-kernel")

@@ -21,9 +21,11 @@ import pytest
 from book_fixtures import CHAPTERS, REPO, page_path
 from bs4 import BeautifulSoup
 
-# A cell draws a figure when it shows one with pyplot or calls a function that returns one.
+# A cell draws a figure when it shows one with pyplot or calls a function that returns one (the
+# identity-trick explorer is a figure too: HTML that myst-nb numbers and captions like a picture).
 FIGURE_CALL = re.compile(
     r"plt\.show\(\)|\b\w*_diagram\(|\bkernel_gallery\(|\bplot_ablation\(|\bplot_fc_kernel_terms\("
+    r"|\bidentity_trick_explorer\("
 )
 NUMREF = re.compile(r"\{numref\}`(?:[^`<]*<)?([^`>]+)>?`")
 MIN_ALT_WORDS = 8
@@ -59,7 +61,8 @@ def _names(chapter: str) -> list[str]:
 def test_the_figure_detector_sees_what_it_names():
     """The pattern that finds figure cells: a test of the test, so that it cannot pass vacuously."""
     for drawing in ["plt.show()", "block_diagram(block)", "fig = kernel_gallery(h=4)",
-                    "fig = ablation.plot_ablation(results)", "fig = plot_fc_kernel_terms(t, 4, 4)"]:
+                    "fig = ablation.plot_ablation(results)", "fig = plot_fc_kernel_terms(t, 4, 4)",
+                    "identity_trick_explorer()"]:
         assert FIGURE_CALL.search(drawing), drawing
     for not_drawing in ["print(block)", "static_kernel_explorer()", "plot = 3"]:
         assert not FIGURE_CALL.search(not_drawing), not_drawing

@@ -9,8 +9,10 @@ outputs) opens chapters 2 and 4 and runs all their cells. Then, per chapter:
   rendered markdown, and the ``{eval}`` roles show values, not their names;
 * nothing is requested from outside 127.0.0.1 (every request is routed; outside ones are aborted and
   listed);
-* chapter 2's live explorer (``viz.kernel_explorer``) draws a new picture when its K slider, then its
-  groups slider, moves (the image bytes before and after differ).
+* chapter 2's live explorer (``explorers.kernel_explorer``) draws a new picture when its K slider, then
+  its groups slider, moves (the image bytes before and after differ);
+* chapter 2's identity-trick explorer (``explorers.identity_trick_explorer``, HTML and a script in a cell's
+  output) highlights what the pointer is on, and its buttons switch its matrix.
 
 Screenshots go to ``_build/screenshots/jupyterlab-<chapter>.png``. Skipped where Chromium or Playwright
 is missing, unless ``REQUIRE_BROWSER=1`` (the shared ``chromium`` fixture of :mod:`book_fixtures`).
@@ -240,5 +242,27 @@ def test_live_explorer_redraws_when_k_and_groups_move(run):
         assert "Not a valid conv" not in status, f"after moving {what}: {status}"
     chapter.screenshot("02_seeing_the_kernel-explorer-moved")
     assert picture_bytes() != before
+    assert not page.evaluate(STATE_JS)["errors"]
+    assert not chapter.outside, f"requests outside {LOCAL_HOST}: {chapter.outside[:5]}"
+
+
+def test_identity_trick_explorer_answers_the_pointer(run):
+    chapter = run("02_seeing_the_kernel")
+    page = chapter.page
+    root = page.locator(".jp-OutputArea-output .itx").first
+    root.scroll_into_view_if_needed(timeout=60_000)
+    handle = root.element_handle()
+    page.wait_for_function("root => root.dataset.shown === 'out-6'", arg=handle, timeout=60_000)
+    visible = ".itx-panel:not([hidden])"
+    for kind, index, words in [("inp", 5, "Input pixel (1, 1) is column 5 of W"),
+                               ("out", 0, "Output pixel (0, 0) is row 0 of W")]:
+        root.locator(f"{visible} .itx-{kind} > *").nth(index).hover()
+        page.wait_for_function("([root, want]) => root.dataset.shown === want", arg=[handle, f"{kind}-{index}"])
+        assert root.locator(".itx-readout").inner_text().startswith(words)
+    root.locator('.itx-choice button[data-value="5"]').click()
+    page.wait_for_function(
+        "root => root.querySelector('.itx-panel:not([hidden])').dataset.setting === '5-1'", arg=handle
+    )
+    chapter.screenshot("02_seeing_the_kernel-identity-trick")
     assert not page.evaluate(STATE_JS)["errors"]
     assert not chapter.outside, f"requests outside {LOCAL_HOST}: {chapter.outside[:5]}"

@@ -120,3 +120,16 @@ def test_nothing_imports_torchvision():
         sources[notebook] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert not [str(p.relative_to(root)) for p, text in sources.items() if pattern.search(text)]
     assert pattern.search("x = 1\nfrom torchvision.datasets import CIFAR10\n")  # the check can fail
+
+
+def test_every_file_the_package_reads_is_in_its_wheel():
+    """Files beside the modules (the identity explorer's script and style) are read at run time: the
+    package data of pyproject.toml must name them, or an install from git (Colab) would lack them."""
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()  # (tomllib is Python 3.11+; 3.10 is supported)
+    section = re.search(r"^\[tool\.setuptools\.package-data\]\n(?:#.*\n)*repmlp_lite = (\[.*\])$", pyproject, re.M)
+    assert section, "pyproject.toml has no [tool.setuptools.package-data] for repmlp_lite"
+    patterns = ast.literal_eval(section.group(1))
+    data = [p.name for p in PACKAGE.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert data, "no data file found: the check would pass vacuously"
+    assert not [name for name in data if not any(Path(name).match(pattern) for pattern in patterns)]
+

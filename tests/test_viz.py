@@ -1,20 +1,15 @@
-"""repmlp_lite.viz: picture sizes, hand-counted sparsity, and the explorer's handling of invalid settings."""
+"""repmlp_lite.viz: picture sizes, hand-counted sparsity, and the explorer's picture and its invalid settings."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import ipywidgets as widgets  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from repmlp_lite import (  # noqa: E402
-    book,
-    conv_to_fc,  # noqa: E402
-    viz,
-)
+from repmlp_lite import conv_to_fc, viz  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -204,22 +199,7 @@ def test_fc_kernel_terms_share_one_colour_scale_and_one_colour_bar():
     plt.close(fig)
 
 
-# --- the explorer ----------------------------------------------------------------------------
-
-
-def controls_of(box):
-    """The explorer's controls by their label (an HTML widget beside each), and its status line."""
-    found, stack = {}, [box]
-    while stack:
-        widget = stack.pop()
-        children = getattr(widget, "children", ())
-        if len(children) == 2 and isinstance(children[1], (widgets.IntSlider, widgets.Dropdown)):
-            found[children[0].value] = children[1]
-        elif children:
-            stack.extend(children)
-        elif isinstance(widget, widgets.HTML):
-            found["status"] = widget
-    return found
+# --- the explorer's picture (the explorer itself: tests/test_explorers.py) --------------------
 
 
 def test_explorer_figure_and_errors():
@@ -228,28 +208,3 @@ def test_explorer_figure_and_errors():
     assert stats.conv_params == 6 * 2 * 9
     with pytest.raises(ValueError, match="divisible"):
         viz.explorer_figure(3, None, 4, 4, 4, 2, 4)
-
-
-def test_kernel_explorer_shows_errors_instead_of_raising():
-    controls = controls_of(viz.kernel_explorer())
-    assert {"K", "padding", "groups", "h", "w", "C (in)", "O (out)", "status"} <= set(controls)
-    status = controls["status"]
-    assert "W is 32 x 32" in status.value  # default: C = O = 2, 4 x 4
-    controls["groups"].value = 3
-    assert "Not a valid conv" in status.value and "divisible by groups=3" in status.value
-    controls["groups"].value = 2
-    assert "W is 32 x 32" in status.value
-    controls["K"].value = 4
-    assert "even" in status.value
-    controls["padding"].value = "1"
-    assert "W is 18 x 32" in status.value  # K = 4, padding 1 on 4 x 4: a 3 x 3 output, O = 2
-
-
-def test_kernel_explorer_on_a_static_page_is_its_default_picture_with_a_note(monkeypatch):
-    monkeypatch.setenv(book.STATIC_PAGE_ENV, "1")
-    shown = viz.kernel_explorer()
-    assert not isinstance(shown, widgets.Widget)
-    assert 'class="needs-kernel"' in shown.data and "JupyterLab or Colab" in shown.data
-    assert '<img src="data:image/png;base64,' in shown.data and "K=3, padding=same, groups=1" in shown.data
-    monkeypatch.delenv(book.STATIC_PAGE_ENV)
-    assert isinstance(viz.kernel_explorer(), widgets.VBox)

@@ -2,8 +2,9 @@
 
 Two recipes, picked by the model's name (every value can be overridden on the command line):
 
-* ``repmlpnet`` (``repmlpnet_*``): the authors' RepMLPNet script (github.com/DingXiaoH/RepMLP,
-  ``config.py`` and the README's "Train from scratch" command, itself Swin Transformer's script):
+* ``repmlpnet`` (``repmlpnet_*``): the authors' RepMLPNet script
+  (https://github.com/DingXiaoH/RepMLP/blob/3eff13fa0257af28663880d870f327d665f0a8e2/config.py and the
+  README's "Train from scratch" command, itself Swin Transformer's script):
   AdamW (betas 0.9/0.999, eps 1e-8), ``TRAIN.BASE_LR 0.001`` scaled linearly by the global batch / 512
   as Swin's ``main.py`` does, ``TRAIN.WEIGHT_DECAY 0.1``, 100 epochs, 10 warm-up epochs from
   ``TRAIN.WARMUP_LR 5e-7``, cosine to ``TRAIN.MIN_LR 0``, ``MODEL.LABEL_SMOOTHING 0.1``,

@@ -6,6 +6,8 @@
   :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward.
 * :mod:`~repmlp_lite.reparameterize`: the one way a module says it is merged (``Reparameterizable``),
   merging a whole model (``reparameterize_model``, ``deploy``), and checking that the merge changed nothing.
+* :mod:`~repmlp_lite.precision`: full float32 on any device (``full_float32``: no TF32 on a GPU), under
+  which every merge and every comparison of the two forms runs.
 * :mod:`~repmlp_lite.nets`: the paper's RepMLP bottleneck and Light block, and small nets for chapter 5.
 * :mod:`~repmlp_lite.resnets`, :mod:`~repmlp_lite.puremlp`: the networks of the paper's tables, at full size.
 * :mod:`~repmlp_lite.repmlpnet`: RepMLPNet (CVPR 2022): the block with share-sets and Locality Injection, the net.
@@ -34,6 +36,7 @@ from .nets import (
 )
 from .official import load_official
 from .official_resnets import convert_v1_repmlp_resnet  # noqa: F401  (registers the converter)
+from .precision import full_float32
 from .puremlp import pure_mlp
 from .reparameterize import Equivalence, Reparameterizable, check_equivalence, deploy, reparameterize_model
 from .repmlpnet import RepMLPNet, RepMLPNetBlock, RepMLPNetUnit, inject_locality, repmlpnet, small_repmlpnet
@@ -59,6 +62,7 @@ __all__ = [
     "fuse_bn_linear",
     "fuse_conv_bn",
     "fuse_linear_bn",
+    "full_float32",
     "grouped_to_dense",
     "inject_locality",
     "list_models",

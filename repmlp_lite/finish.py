@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import save_atomic
+from .precision import current_precision, full_float32
 from .reparameterize import deploy
 from .runtime import Runtime, autocast, reduce_values
 from .zoo import create_model
@@ -62,14 +63,16 @@ def log_record(out: Path, record: dict[str, Any], rt: Runtime) -> None:
 def finish(
     model: nn.Module, setup: dict[str, Any], val_loader: DataLoader, rt: Runtime, out: Path
 ) -> dict[str, Any]:
-    """Deploy the trained model, compare it with the training form on the whole validation set (float32),
-    write ``out/deployed.pt`` (it loads strictly into ``create_model(name, deploy=True, num_classes=K,
-    **model_kwargs)``) and log the last JSON line."""
+    """Deploy the trained model, compare it with the training form on the whole validation set (float32,
+    TF32 off: ``check_precision`` in the record), write ``out/deployed.pt`` (it loads strictly into
+    ``create_model(name, deploy=True, num_classes=K, **model_kwargs)``) and log the last JSON line."""
     plain = create_model(setup["model_name"], num_classes=setup["num_classes"], **setup["model_kwargs"])
     plain.load_state_dict(model.state_dict())  # a SyncBatchNorm-free copy of the trained weights
     plain.to(rt.device)
-    deployed = deploy(plain)
-    check = evaluate(plain, val_loader, rt, deployed=deployed)
+    with full_float32():
+        deployed = deploy(plain)
+        check = evaluate(plain, val_loader, rt, deployed=deployed)
+        check["check_precision"] = current_precision(rt.device, torch.float32)._asdict()
     state = {k: v.cpu() for k, v in deployed.state_dict().items()}
     create_model(
         setup["model_name"], deploy=True, num_classes=setup["num_classes"], **setup["model_kwargs"]

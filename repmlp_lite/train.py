@@ -2,9 +2,11 @@
 
 The notebooks call :func:`train` (one process, a tqdm bar, the digits). The command trains any zoo
 model on the digits, an ImageFolder or CIFAR, on a CPU or GPUs, under ``torchrun`` with
-DistributedDataParallel, resumable from ``DIR/last.pt``, and ends with the model merged
-(:func:`repmlp_lite.deploy`) and checked on the whole validation set. ``python -m repmlp_lite.train -h``
-lists its options; the book's appendix "Training the paper's networks" shows three ways to run it.
+DistributedDataParallel, resumable from ``DIR/last.pt``, bit for bit repeatable with
+``--deterministic`` (its log's first line says whether a run is), and ends with the model merged
+(:func:`repmlp_lite.deploy`) and checked on the whole validation set, with TF32 off.
+``python -m repmlp_lite.train -h`` lists its options; the book's appendix "Training the paper's
+networks" shows three ways to run it.
 Defaults and where they come from: :mod:`repmlp_lite.recipe`. Data: :mod:`repmlp_lite.datasets`.
 """
 
@@ -40,6 +42,8 @@ from .runtime import (
     UsageError,
     autocast,
     build_model,
+    determinism,
+    deterministic_kernels,
     init_distributed,
     reduce_values,
     setup_runtime,
@@ -178,6 +182,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--freeze-bn", action="store_true", help="BN layers use their running statistics (fine-tuning)"
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels: two runs, and a killed and resumed one, end bit for bit equal on GPUs too",
+    )
     p.add_argument("--kill-after-steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: SIGKILL itself
     return p.parse_args(argv)
 
@@ -303,6 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.resume and rt.rank == 0:
         (args.out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+    start = {"run": "resumed" if args.resume else "started", "device": str(rt.device), "processes": rt.world}
+    log_record(args.out, {**start, **determinism(rt)}, rt)
     net: nn.Module = model
     if args.sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -396,7 +407,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     args = parse_args(argv)
     try:
-        return run(args)
+        with deterministic_kernels(args.deterministic, args.device):
+            return run(args)
     except (UsageError, DataError, CheckpointError) as err:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"python -m repmlp_lite.train: error: {_one_line(err)}", file=sys.stderr)

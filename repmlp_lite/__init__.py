@@ -17,7 +17,8 @@
   :mod:`~repmlp_lite.recipe`, :mod:`~repmlp_lite.runtime`, :mod:`~repmlp_lite.checkpoint`,
   :mod:`~repmlp_lite.finish`).
 * :mod:`~repmlp_lite.measure` (counting, timing), :mod:`~repmlp_lite.block_costs`, :mod:`~repmlp_lite.bench`,
-  :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.tables`, :mod:`~repmlp_lite.export`: the measurements.
+  :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.tables`, :mod:`~repmlp_lite.export`: the measurements;
+  :mod:`~repmlp_lite.measured`: figures measured on other machines (the repository's ``results/``).
 * :mod:`~repmlp_lite.style`, :mod:`~repmlp_lite.viz`, :mod:`~repmlp_lite.diagram`, :mod:`~repmlp_lite.overview`,
   :mod:`~repmlp_lite.static_widgets`, :mod:`~repmlp_lite.summary`, :mod:`~repmlp_lite.ablation`: the book's
   figures, widgets and tables (they need the ``[book]`` extra; ``import repmlp_lite`` imports none of them).

@@ -34,6 +34,11 @@ class Runtime:
     device: torch.device
 
 
+def _uses_cuda(device: str) -> bool:
+    """Whether ``--device`` (``auto``, ``cpu`` or ``cuda``) puts the run on GPUs."""
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
 def setup_runtime(device: str) -> Runtime:
     """Rank and world size from torchrun's environment (1 process without it); one device per process:
     on GPUs, local rank r on ``cuda:r``, so torchrun may start at most as many processes per machine as
@@ -41,7 +46,7 @@ def setup_runtime(device: str) -> Runtime:
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no GPU is visible")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = _uses_cuda(device)
     per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     gpus = torch.cuda.device_count() if use_cuda else 0
     if use_cuda and per_machine > gpus:
@@ -74,8 +79,7 @@ def deterministic_kernels(enabled: bool, device: str) -> Iterator[None]:
         return
     previous_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if previous_env not in (CUBLAS_DETERMINISTIC, ":16:8"):
-        uses_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        if uses_cuda and torch.cuda.is_initialized():
+        if _uses_cuda(device) and torch.cuda.is_initialized():
             raise UsageError(
                 "--deterministic: CUDA was initialised in this process before CUBLAS_WORKSPACE_CONFIG could be "
                 f"set; start Python with CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC} in the environment"

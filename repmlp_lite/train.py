@@ -185,7 +185,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--deterministic",
         action="store_true",
-        help="deterministic kernels: two runs, and a killed and resumed one, end bit for bit equal on GPUs too",
+        help="deterministic kernels, for runs (also killed and resumed) that repeat bit for bit on a GPU",
     )
     p.add_argument("--kill-after-steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: SIGKILL itself
     return p.parse_args(argv)

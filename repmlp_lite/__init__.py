@@ -7,6 +7,8 @@
   :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward.
 * :mod:`~repmlp_lite.reparameterize`: the one way a module says it is merged (``Reparameterizable``),
   merging a whole model (``reparameterize_model``, ``deploy``), and checking that the merge changed nothing.
+* :mod:`~repmlp_lite.precision`: full float32 on any device (``full_float32``: no TF32 on a GPU), under
+  which every merge and every comparison of the two forms runs.
 * :mod:`~repmlp_lite.nets`: the paper's RepMLP bottleneck and Light block, and small nets for chapter 5.
 * :mod:`~repmlp_lite.resnets`, :mod:`~repmlp_lite.puremlp`: the networks of the paper's tables, at full size.
 * :mod:`~repmlp_lite.repmlpnet`: RepMLPNet (CVPR 2022): the block with share-sets and Locality Injection, the net.
@@ -17,7 +19,8 @@
   (:mod:`~repmlp_lite.training_run`, :mod:`~repmlp_lite.recipe`, :mod:`~repmlp_lite.runtime`,
   :mod:`~repmlp_lite.checkpoint`, :mod:`~repmlp_lite.finish`).
 * :mod:`~repmlp_lite.measure` (counting, timing), :mod:`~repmlp_lite.block_costs`, :mod:`~repmlp_lite.bench`,
-  :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.tables`, :mod:`~repmlp_lite.export`: the measurements.
+  :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.tables`, :mod:`~repmlp_lite.export`: the measurements;
+  :mod:`~repmlp_lite.measured`: figures measured on other machines (the repository's ``results/``).
 * :mod:`~repmlp_lite.style`, :mod:`~repmlp_lite.viz`, :mod:`~repmlp_lite.diagram`, :mod:`~repmlp_lite.overview`,
   :mod:`~repmlp_lite.explorers`, :mod:`~repmlp_lite.summary`, :mod:`~repmlp_lite.ablation`: the book's
   figures, explorers and tables (they need the ``[book]`` extra; ``import repmlp_lite`` imports none of them).
@@ -35,6 +38,7 @@ from .nets import (
     small_repmlp_resnet,
 )
 from .official import load_official
+from .precision import full_float32
 from .puremlp import pure_mlp
 from .reparameterize import Equivalence, Reparameterizable, check_equivalence, deploy, reparameterize_model
 from .repmlpnet import RepMLPNet, RepMLPNetBlock, RepMLPNetUnit, inject_locality, repmlpnet, small_repmlpnet
@@ -57,6 +61,7 @@ __all__ = [
     "create_model",
     "deploy",
     "fc_forward",
+    "full_float32",
     "fuse_bn_linear",
     "fuse_conv_bn",
     "fuse_linear_bn",

@@ -388,6 +388,7 @@ COLUMNS = {
     "repmlpnet": ["what", "batch", "deployed/train", "conv/matmul", "train_ms", "deployed_ms", "conv_ms",
                   "params_train", "params_deployed"],
     "paper": ["net", "baseline", "batch", "measured", "paper", "net_ms", "baseline_ms", "target", "met"],
+    "paper_gpu": ["mode", "net", "baseline", "measured", "paper", "net_ms", "baseline_ms", "net_images_per_s"],
     "profile": ["op", "calls", "self_ms", "share"],
 }
 
@@ -432,15 +433,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "--repmlpnet", action="store_true", help="also time RepMLPNet-B224 (training vs deployed, FC3 conv vs matmul)"
     )
     parser.add_argument("--repmlpnet-only", action="store_true", help="time RepMLPNet-B224 only")
-    parser.add_argument("--paper", action="store_true",
-                        help="only the paper's speed claims: deployed zoo nets vs ResNet-50/101 (CPU, 2 threads)")
+    parser.add_argument("--paper", action="store_true", help="only the paper's speed claims: deployed zoo nets vs "
+                        "ResNet-50/101 (CPU: 2 threads; --device cuda: batch 128 in fp32, TF32 and bf16)")
     parser.add_argument("--blocks-only", action="store_true",
                         help="only the block sweep, merged form against its bare matmuls (no training form, no conv)")
     args = parser.parse_args(argv)
-    if args.paper:
-        return paper_main(args.quick, args.rounds, args.min_run_time, args.threads or 2, args.csv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
+    if args.paper:
+        return paper_main(args.quick, args.rounds, args.min_run_time, args.threads or 2, args.csv, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -472,22 +473,21 @@ def _report(tables: dict[str, list[dict[str, Any]]], csv_path: str | None) -> li
     return rows
 
 
-def paper_main(
-    quick: bool, rounds: int, min_run_time: float, threads: int, csv_path: str | None = None
-) -> list[dict[str, Any]]:
-    """``--paper``: :func:`repmlp_lite.paper_speed.speed_table` at batch 1 and 8 (``quick``: 8 only),
-    then a profile of the deployed RepMLP-Res50 and Light nets at batch 8 where a target was missed."""
+def paper_main(quick: bool, rounds: int, min_run_time: float, threads: int, csv_path: str | None = None,
+               device: str = "cpu") -> list[dict[str, Any]]:
+    """``--paper``: on the CPU, ``speed_table`` at batch 1 and 8 (``quick``: 8) and a profile of each net that
+    missed its target; on a GPU, ``gpu_speed_table`` at batch 128 (``quick``: 32) (:mod:`~repmlp_lite.paper_speed`)."""
     nets = paper_speed.deployed_nets()
-    print(f"# {machine()}; {threads} threads; {rounds} rounds x {min_run_time} s per timing")
-    rows = paper_speed.speed_table((8,) if quick else (1, 8), rounds, min_run_time, threads, nets)
-    print(f"\n## paper: throughput ratio net / baseline, here and in the paper (GTX 1080Ti, batch 128)\n"
-          f"{format_table(rows, COLUMNS['paper'])}")
+    print(f"# {machine()}; {rounds} rounds x {min_run_time} s per timing; {threads if device == 'cpu' else 'all'} "
+          "threads\n# throughput ratio net / baseline, here and in the paper (GTX 1080Ti, batch 128)")
+    if device == "cuda":
+        table = paper_speed.gpu_speed_table(nets, device, 32 if quick else 128, rounds, min_run_time)
+        return _report({"paper_gpu": table}, csv_path)
+    table = paper_speed.speed_table((8,) if quick else (1, 8), rounds, min_run_time, threads, nets)
+    rows = _report({"paper": table}, csv_path)
     for name in dict.fromkeys(row["net"] for row in rows if row["met"] is False):
         top = paper_speed.profile_table(nets[name], 8, threads=threads)
         print(f"\n## where {name} spends its time (batch 8, self CPU time)\n{format_table(top, COLUMNS['profile'])}")
-    if csv_path:
-        write_csv(rows, csv_path)
-        print(f"\nwrote {len(rows)} rows to {csv_path}")
     return rows
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_divisible, check_positive
+from .precision import full_float32
 
 
 def conv_output_size(size: int, kernel_size: int, padding: int) -> int:
@@ -62,8 +63,10 @@ def conv_to_fc(
 
     Returns:
         Tensor of shape ``(O*h'*w', (C/g)*h*w)`` with ``h' = h + 2p - K + 1`` (likewise ``w'``),
-        in the kernel's dtype and device. Row ``o*h'*w' + i*w' + j`` holds output pixel
-        ``(o, i, j)``; column ``c*h*w + y*w + x`` holds input pixel ``(c, y, x)`` of the group.
+        in the kernel's dtype and device, computed with TF32 off
+        (:func:`~repmlp_lite.precision.full_float32`: a GPU's default TF32 convs would round every entry
+        to 10 mantissa bits). Row ``o*h'*w' + i*w' + j`` holds output pixel ``(o, i, j)``; column
+        ``c*h*w + y*w + x`` holds input pixel ``(c, y, x)`` of the group.
     """
     if kernel.dim() != 4:
         raise ValueError(f"kernel must be 4-D (O, C/g, K, K), got shape {tuple(kernel.shape)}")
@@ -80,7 +83,8 @@ def conv_to_fc(
     # n_in one-hot images of one group, tiled over the g groups: (n_in, C, h, w).
     identity = torch.eye(n_in, dtype=kernel.dtype, device=kernel.device)
     identity = identity.reshape(n_in, group_in, h, w).repeat(1, groups, 1, 1)
-    responses = F.conv2d(identity, kernel, padding=pad, groups=groups)  # (n_in, O, h', w')
+    with full_float32():
+        responses = F.conv2d(identity, kernel, padding=pad, groups=groups)  # (n_in, O, h', w')
     return responses.reshape(n_in, -1).t().contiguous()
 
 

@@ -7,7 +7,9 @@ the paper's text says 55% and 50% faster (Sec. 4.2, Appendix A).
 :func:`speed_table` times the deployed nets here (every RepMLP merged, every conv + BN fused),
 interleaved round by round, and gives each throughput ratio as the median of the per-round ratios
 beside the paper's. :func:`profile_table` says where a net spends its time (``torch.profiler``).
-``python -m repmlp_lite.bench --paper`` prints both.
+``python -m repmlp_lite.bench --paper`` prints both. On a GPU, :func:`gpu_speed_table` times the claims
+at the paper's batch of 128 in each of :data:`GPU_MODES` (float32 with TF32 off, as on the paper's GTX
+1080Ti; torch's default flags; TF32; bf16 autocast with channels_last): ``--paper --device cuda``.
 
 RepMLPNet (CVPR 2022): :func:`repmlpnet_table` times RepMLPNet-B224's training and deployed forms and
 FC3 as a conv (:class:`ConvFC3Block`) against FC3 as a matmul (``python -m repmlp_lite.bench --repmlpnet``);
@@ -17,8 +19,9 @@ The published figures themselves are in :mod:`repmlp_lite.tables`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -34,6 +37,7 @@ from .measure import (
     randomize_bn,
     torch_threads,
 )
+from .precision import float32_precision
 from .reparameterize import deploy
 from .repmlpnet import RepMLPNetBlock, fc3_forward
 from .tables import PAPER_THROUGHPUT, REPMLPNET_README
@@ -94,6 +98,68 @@ def speed_table(
                     "target": target if batch == 8 else None,
                     "met": (measured >= target) if batch == 8 else None,
                 })
+    return rows
+
+
+# The precisions the claims are timed in on a GPU (fp32: the paper's GTX 1080Ti has no TF32).
+GPU_MODES = {
+    "fp32": "float32, TF32 off",
+    "default": "float32, torch's default flags: TF32 in cuDNN convs, not in matmuls",
+    "tf32": "float32, TF32 in convs and matmuls",
+    "bf16": "bfloat16 autocast, channels_last",
+}
+
+
+def _in_bf16(net: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """``net`` run under bfloat16 autocast on its input's device."""
+
+    def run(x: torch.Tensor) -> Any:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return net(x)
+
+    return run
+
+
+@contextlib.contextmanager
+def _gpu_mode(
+    mode: str, nets: dict[str, nn.Module], x: torch.Tensor
+) -> Iterator[tuple[dict[str, Callable[[torch.Tensor], Any]], torch.Tensor]]:
+    """``nets`` (in place) and ``x`` in ``mode``'s memory layout, as callables, with its TF32 flags set."""
+    layout = torch.channels_last if mode == "bf16" else torch.contiguous_format
+    for net in nets.values():
+        net.to(memory_format=layout)
+    fns = {name: _in_bf16(net) if mode == "bf16" else net for name, net in nets.items()}
+    with float32_precision(tf32_convs=mode != "fp32", tf32_matmuls=mode == "tf32"):
+        yield fns, x.contiguous(memory_format=layout)
+
+
+@torch.no_grad()
+def gpu_speed_table(
+    nets: dict[str, nn.Module] | None = None,
+    device: str = "cuda",
+    batch: int = 128,
+    rounds: int = 5,
+    min_run_time: float = 0.5,
+    modes: Sequence[str] = tuple(GPU_MODES),
+) -> list[dict[str, Any]]:
+    """One row per precision mode of :data:`GPU_MODES` and claim of :data:`CLAIMS`, at the paper's batch
+    size: ``measured`` throughput ratio (median of per-round ratios, interleaved; ``torch.utils.benchmark``
+    synchronises CUDA), the ``paper``'s, latencies and images per second. ``nets`` are moved to ``device``."""
+    nets = {name: net.to(device) for name, net in (deployed_nets() if nets is None else nets).items()}
+    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch)).to(device)
+    rows = []
+    for mode in modes:
+        with _gpu_mode(mode, nets, x) as (fns, inputs):
+            times = interleaved_ms(fns, inputs, rounds, min_run_time)
+        ms = median_ms(times)
+        for net, baseline, _ in CLAIMS:
+            rows.append({
+                "table": "paper_gpu", "mode": mode, "precision": GPU_MODES[mode], "net": net,
+                "baseline": baseline, "batch": batch, "measured": median_ratio(times, baseline, net),
+                "paper": PAPER_THROUGHPUT[net] / PAPER_THROUGHPUT[baseline], "net_ms": ms[net],
+                "baseline_ms": ms[baseline], "net_images_per_s": batch / ms[net] * 1e3,
+                "baseline_images_per_s": batch / ms[baseline] * 1e3,
+            })
     return rows
 
 

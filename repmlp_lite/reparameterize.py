@@ -13,6 +13,10 @@ whole model, and the check that the merge changed nothing.
 * :func:`deploy`: the inference form the paper measures: :func:`reparameterize_model` on a deep copy in
   eval mode. In the zoo's nets every RepMLP block becomes FCs and every conv + BN (and FC + BN) one layer
   with bias, so no BatchNorm is left (RepMLPNet keeps one per unit, chapter 7).
+* :func:`check_equivalence`: the merged copy against the original on one random batch.
+
+Every merge and every comparison runs at full precision on any device
+(:func:`~repmlp_lite.precision.full_float32`: no TF32 on a GPU).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from .precision import Precision, current_precision, full_float32
 
 
 class Reparameterizable(nn.Module, abc.ABC):
@@ -39,9 +45,11 @@ class Reparameterizable(nn.Module, abc.ABC):
         self.deployed = False
 
     @torch.no_grad()
+    @full_float32()
     def switch_to_deploy(self) -> None:
         """Merge in place: every re-parameterizable submodule not yet merged (children first), then this
-        module's own parameters. Raises ``ValueError`` if the module is already merged."""
+        module's own parameters, with TF32 off (a GPU would otherwise round the merged kernels to it).
+        Raises ``ValueError`` if the module is already merged."""
         self.check_not_merged("switch_to_deploy() was called twice")
         for module in outermost_reparameterizable(self):
             if not module.deployed:
@@ -105,10 +113,11 @@ def batchnorms_left(model: nn.Module) -> list[str]:
 
 
 class Equivalence(NamedTuple):
-    """How far the merged model is from the training form (eval mode) on one random batch."""
+    """How far the merged model is from the training form (eval mode) on one random batch, and where."""
 
     max_abs: float  # max |merged - original|
     max_rel: float  # max_abs / max |original|
+    precision: Precision  # the device and dtype both ran in, and TF32 (off): str() says it in words
 
 
 @torch.no_grad()
@@ -120,12 +129,16 @@ def check_equivalence(
 ) -> Equivalence:
     """Compare ``model`` (eval mode) with ``deploy(model)`` on a standard-normal input of ``input_shape``.
 
-    Both run in ``dtype`` on ``model``'s device; ``model`` itself is not modified.
+    Both run in ``dtype`` on ``model``'s device under :func:`~repmlp_lite.precision.full_float32` (on a GPU,
+    torch's default TF32 convs would add up to about 5e-4 of relative error to the training form alone);
+    the result's ``precision`` says where and how. ``model`` itself is not modified.
     """
-    original = copy.deepcopy(model).to(dtype).eval()
-    merged = deploy(original)
-    device = next(original.parameters()).device
-    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
-    expected, actual = original(x), merged(x)
+    with full_float32():
+        original = copy.deepcopy(model).to(dtype).eval()
+        merged = deploy(original)
+        device = next(original.parameters()).device
+        x = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
+        expected, actual = original(x), merged(x)
+        precision = current_precision(device, dtype)
     max_abs = (actual - expected).abs().max().item()
-    return Equivalence(max_abs, max_abs / expected.abs().max().item())
+    return Equivalence(max_abs, max_abs / expected.abs().max().item(), precision)

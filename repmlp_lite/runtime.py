@@ -1,11 +1,13 @@
-"""Setting up one process of the training command: its rank and device under torchrun, its seeds, its
-shard of the data (:class:`ResumableSampler`), sums over processes, and the model built by name for the
-data's images (:func:`build_model`, from the builder's signature). The command's two errors:
-:class:`UsageError` (bad input) and :class:`TrainingError` (a run that went wrong).
+"""Setting up one process of the training command: its rank and device under torchrun, its seeds,
+deterministic kernels (``--deterministic``), its shard of the data (:class:`ResumableSampler`), sums over
+processes, and the model built by name for the data's images (:func:`build_model`, from the builder's
+signature). The command's two errors: :class:`UsageError` (bad input) and :class:`TrainingError` (a run
+that went wrong).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -47,16 +49,90 @@ class Runtime:
     device: torch.device
 
 
+def _uses_cuda(device: str) -> bool:
+    """Whether ``--device`` (``auto``, ``cpu`` or ``cuda``) puts the run on GPUs."""
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
 def setup_runtime(device: str) -> Runtime:
-    """Rank and world size from torchrun's environment (1 process without it); one device per process."""
+    """Rank and world size from torchrun's environment (1 process without it); one device per process:
+    on GPUs, local rank r on ``cuda:r``, so torchrun may start at most as many processes per machine as
+    there are visible GPUs."""
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no GPU is visible")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = _uses_cuda(device)
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpus = torch.cuda.device_count() if use_cuda else 0
+    if use_cuda and per_machine > gpus:
+        raise UsageError(
+            f"torchrun --nproc_per_node {per_machine}: {gpus} GPU{'s are' if gpus != 1 else ' is'} visible "
+            f"here, one per process: start at most {gpus}, or train on the CPU with --device cpu"
+        )
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     return Runtime(rank, world, dev)
+
+
+# cuBLAS's setting for repeatable results; read once, when CUDA first uses cuBLAS in the process
+CUBLAS_DETERMINISTIC = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool, device: str) -> Iterator[None]:
+    """``--deterministic``: run the body with ``torch.use_deterministic_algorithms(True)``, cuDNN's
+    benchmark off and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, then restore all three (``enabled=False``:
+    change nothing). DataLoader workers are seeded by the loader's own generator, augmentations by
+    (seed, epoch, index), with or without it.
+
+    cuBLAS reads its setting when CUDA first uses it, so on a GPU (``device`` ``"cuda"``, or ``"auto"``
+    with one visible) a process that has initialised CUDA already must have had it in its environment.
+    """
+    if not enabled:
+        yield
+        return
+    previous_env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if previous_env not in (CUBLAS_DETERMINISTIC, ":16:8"):
+        if _uses_cuda(device) and torch.cuda.is_initialized():
+            raise UsageError(
+                "--deterministic: CUDA was initialised in this process before CUBLAS_WORKSPACE_CONFIG could be "
+                f"set; start Python with CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC} in the environment"
+            )
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    benchmark = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark = benchmark
+        if previous_env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = previous_env
+
+
+def determinism(rt: Runtime) -> dict[str, Any]:
+    """Whether this run's kernels repeat bit for bit, and why: the start of the command's log."""
+    if torch.are_deterministic_algorithms_enabled():
+        why = "--deterministic: torch.use_deterministic_algorithms(True), cuDNN benchmark off, " + (
+            f"CUBLAS_WORKSPACE_CONFIG={os.environ.get('CUBLAS_WORKSPACE_CONFIG')}"
+        )
+        return {"deterministic": True, "determinism": why}
+    if rt.device.type == "cpu":
+        why = (
+            "on a CPU the training ops of this package give the same bits for the same seed and thread "
+            "count; --deterministic also makes torch refuse any op that would not"
+        )
+        return {"deterministic": True, "determinism": why}
+    why = (
+        "GPU kernels (cuDNN's choice of algorithm, atomic adds in backward passes) may differ from run to run "
+        "and after --resume; --deterministic makes them repeat"
+    )
+    return {"deterministic": False, "determinism": why}
 
 
 def init_distributed(rt: Runtime, batch_size: int) -> None:

@@ -2,11 +2,13 @@
 
 The notebooks call :func:`train` (one process, a tqdm bar, the digits). The command trains any zoo
 model on the digits, an ImageFolder or CIFAR, on a CPU or GPUs, under ``torchrun`` with
-DistributedDataParallel, resumable from ``DIR/last.pt``, and ends with the model merged
-(:func:`repmlp_lite.deploy`) and checked on the whole validation set. ``python -m repmlp_lite.train -h``
-lists its options (:func:`parse_args`); the book's appendix "Training the paper's networks" shows three
-ways to run it. :func:`run` takes the steps of :mod:`repmlp_lite.training_run` in order. Defaults and
-where they come from: :mod:`repmlp_lite.recipe`. Data: :mod:`repmlp_lite.data`.
+DistributedDataParallel, resumable from ``DIR/last.pt``, bit for bit repeatable with
+``--deterministic`` (its log's first line says whether a run is), and ends with the model merged
+(:func:`repmlp_lite.deploy`) and checked on the whole validation set, with TF32 off.
+``python -m repmlp_lite.train -h`` lists its options (:func:`parse_args`); the book's appendix "Training
+the paper's networks" shows three ways to run it. :func:`run` takes the steps of
+:mod:`repmlp_lite.training_run` in order. Defaults and where they come from: :mod:`repmlp_lite.recipe`.
+Data: :mod:`repmlp_lite.data`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CheckpointError
 from .data import DataError
 from .finish import finish
-from .runtime import TrainingError, UsageError, seed_everything
+from .runtime import TrainingError, UsageError, deterministic_kernels, seed_everything
 from .training_run import log_record, resume, save_checkpoint, set_up, start_log, train_one_epoch, validate
 
 
@@ -164,6 +166,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--freeze-bn", action="store_true", help="BN layers use their running statistics (fine-tuning)"
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels, for runs (also killed and resumed) that repeat bit for bit on a GPU",
+    )
     p.add_argument("--kill-after-steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: SIGKILL itself
     return p.parse_args(argv)
 
@@ -210,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """
     args = parse_args(argv)
     try:
-        return run(args)
+        with deterministic_kernels(args.deterministic, args.device):
+            return run(args)
     except (UsageError, DataError, CheckpointError, TrainingError) as err:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"python -m repmlp_lite.train: error: {_one_line(err)}", file=sys.stderr)

@@ -51,6 +51,7 @@ from .runtime import (
     UsageError,
     autocast,
     build_model,
+    determinism,
     init_distributed,
     reduce_values,
     seed_everything,
@@ -280,10 +281,14 @@ def resume(run: TrainingRun, path: Path) -> None:
 
 
 def start_log(run: TrainingRun) -> None:
-    """A fresh run (not resumed) starts a fresh log and drops the history of an earlier run in ``DIR``."""
+    """A fresh run (not resumed) starts a fresh log and drops the history of an earlier run in ``DIR``; the
+    log's first line says how the run started, where, and whether it is deterministic
+    (:func:`~repmlp_lite.runtime.determinism`)."""
     if not run.args.resume and run.rt.rank == 0:
         (run.args.out / "log.jsonl").unlink(missing_ok=True)
         previous_checkpoint(run.last).unlink(missing_ok=True)
+    start = {"run": "resumed" if run.args.resume else "started", "device": str(run.rt.device), "processes": run.rt.world}
+    log_record(run.args.out, {**start, **determinism(run.rt)}, run.rt)
 
 
 def log_record(out: Path, record: dict[str, Any], rt: Runtime) -> None:

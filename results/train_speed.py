@@ -72,7 +72,7 @@ def command_step_s(data: str, out: Path, steps: int, batch: int) -> float:
     )
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         run(args)
-    first = (out / "log.jsonl").read_text().splitlines()[0]
+    first = next(line for line in (out / "log.jsonl").read_text().splitlines() if '"epoch"' in line)
     images_per_s = float(first.split('"images_per_s": ')[1].rstrip("}"))
     (out / "log.jsonl").unlink()
     return batch / images_per_s

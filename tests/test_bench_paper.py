@@ -1,5 +1,5 @@
-"""bench --paper: the speed-claim table and the profile (on stand-in nets: the full-size ones are timed
-by the CLI and chapter 6b, not by unit tests)."""
+"""bench --paper: the speed-claim table, the profile and the GPU table's precision modes (on stand-in nets
+and on the CPU: the full-size ones are timed by the CLI and chapter 6b, not by unit tests)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from repmlp_lite import bench, create_model, deploy, paper_speed
+from repmlp_lite.precision import Precision, current_precision
 from repmlp_lite.repmlpnet import RepMLPNetBlock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -73,3 +74,61 @@ def test_with_conv_fc3_runs_fc3_as_a_conv_with_the_same_numbers(monkeypatch, ran
     with torch.no_grad():
         assert (as_conv(x) - net(x)).abs().max().item() < 1e-12
     assert impls == ["conv"] * len(blocks)
+
+
+class _Watched(nn.Module):
+    """A stand-in net that notes, on each call, its output's dtype, whether its input is channels_last,
+    and what TF32 a float32 op on a GPU would get right then."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, stride=4)
+        self.seen: set[tuple[torch.dtype, bool, Precision]] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        self.seen.add(
+            (out.dtype, x.is_contiguous(memory_format=torch.channels_last), current_precision("cuda", torch.float32))
+        )
+        return out
+
+
+def test_gpu_speed_table_times_each_mode_as_it_says():
+    """The GPU table's modes, run here on the CPU: each runs in its dtype, layout and TF32 flags."""
+    torch.manual_seed(0)
+    nets = {name: _Watched(w).eval() for name, w in zip(paper_speed.NETS, (4, 8, 4, 1))}
+    rows = paper_speed.gpu_speed_table(nets, "cpu", batch=2, rounds=1, min_run_time=0.01)
+    assert [(r["mode"], r["net"], r["baseline"]) for r in rows] == [
+        (mode, net, baseline) for mode in paper_speed.GPU_MODES for net, baseline, _ in paper_speed.CLAIMS
+    ]
+    for row in rows:
+        assert row["measured"] > 0 and row["batch"] == 2 and row["precision"] == paper_speed.GPU_MODES[row["mode"]]
+        assert row["net_images_per_s"] == pytest.approx(2 / row["net_ms"] * 1e3)
+    light = rows[0]
+    assert light["paper"] == pytest.approx(1074 / 689)
+    f32, bf16 = torch.float32, torch.bfloat16
+    assert nets["resnet50_224"].seen == {
+        (f32, False, Precision("cuda", "float32", False, False)),  # fp32: TF32 off, as on a GTX 1080Ti
+        (f32, False, Precision("cuda", "float32", True, False)),  # torch's default flags
+        (f32, False, Precision("cuda", "float32", True, True)),  # TF32
+        (bf16, True, Precision("cuda", "float32", True, False)),  # bf16 autocast, channels_last
+    }
+    assert current_precision("cuda", torch.float32) == Precision("cuda", "float32", True, False)  # restored
+
+
+def test_cli_paper_on_a_gpu_times_batch_128_in_each_mode(monkeypatch, capsys):
+    """``--paper --device cuda`` takes the GPU table at the paper's batch (faked onto the CPU here)."""
+    calls, real_table = [], paper_speed.gpu_speed_table
+
+    def on_the_cpu(nets, device, batch, rounds, min_run_time):
+        calls.append((device, batch))
+        return real_table(_stand_ins(), "cpu", 2, 1, 0.01, ("fp32",))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "a GPU")
+    monkeypatch.setattr(paper_speed, "deployed_nets", _stand_ins)
+    monkeypatch.setattr(paper_speed, "gpu_speed_table", on_the_cpu)
+    rows = bench.main(["--paper", "--device", "cuda", "--rounds", "1"])
+    assert calls == [("cuda", 128)] and len(rows) == len(paper_speed.CLAIMS)
+    out = capsys.readouterr().out
+    assert "## paper_gpu" in out and "net_images_per_s" in out and "GTX 1080Ti, batch 128" in out

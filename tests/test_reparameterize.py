@@ -17,6 +17,7 @@ import repmlp_lite
 from repmlp_lite.block import GlobalPerceptron, RepMLPBlock
 from repmlp_lite.layers import ConvBNLayer, LinearBNLayer
 from repmlp_lite.paper_speed import ConvFC3Block
+from repmlp_lite.precision import Precision, current_precision
 from repmlp_lite.reparameterize import (
     Equivalence,
     Reparameterizable,
@@ -194,8 +195,28 @@ def test_check_equivalence_matches_a_direct_comparison(trained_model):
     max_abs = (actual - expected).abs().max().item()
     assert result.max_abs == pytest.approx(max_abs, abs=1e-15)
     assert result.max_rel == pytest.approx(max_abs / expected.abs().max().item(), abs=1e-15)
+    assert result.precision == Precision("cpu", "float64", False, False)  # where and how both ran
+    assert str(check_equivalence(trained_model, SHAPE, dtype=torch.float32).precision) == "float32 on cpu, TF32 off"
     # deterministic for a given seed
     assert check_equivalence(trained_model, SHAPE, dtype=torch.float64, seed=7) == result
+
+
+def test_merging_and_comparing_run_with_tf32_off(trained_model, monkeypatch):
+    """On a GPU, torch's default TF32 convs would round the merged kernels (conv_to_fc convolves an identity)
+    and the training form's outputs: the merge and the check turn TF32 off, and put the flags back."""
+    seen = []
+    original_merged_fc3 = RepMLPBlock.merged_fc3
+
+    def watched(self):
+        seen.append(current_precision("cuda", torch.float32))  # what a float32 op on a GPU would get now
+        return original_merged_fc3(self)
+
+    monkeypatch.setattr(RepMLPBlock, "merged_fc3", watched)
+    assert current_precision("cuda", torch.float32).tf32_convs  # torch's default
+    deploy(trained_model)
+    check_equivalence(trained_model, SHAPE, dtype=torch.float32)
+    assert seen and not any(p.tf32_convs or p.tf32_matmuls for p in seen)
+    assert current_precision("cuda", torch.float32).tf32_convs
 
 
 def test_check_equivalence_detects_a_wrong_merge(trained_model, monkeypatch):

@@ -36,7 +36,7 @@ def test_identity_fc3_and_constant_gate_return_the_input_times_the_gate():
     block = _random_block(c=6, h=2, w=2, sets=2, ks=())
     with torch.no_grad():
         block.fc3_weight.copy_(torch.eye(4).repeat(2, 1))
-        block.fc3_bn.eps = 0.0
+        block.fc3_bn.running_var.fill_(1 - block.fc3_bn.eps)  # BN = identity (torch 2.11 refuses eps = 0)
         block.gate.fc2.weight.zero_()
         block.gate.fc2.bias.fill_(0.7)
     block.eval()
@@ -156,7 +156,7 @@ def test_authors_order_shuffles_partitions_between_channels():
     block = _random_block(c=4, h=2, w=2, sets=2, ks=()).eval()
     with torch.no_grad():
         block.fc3_weight.copy_(torch.eye(4).repeat(2, 1))
-        block.fc3_bn.eps = 0.0
+        block.fc3_bn.running_var.fill_(1 - block.fc3_bn.eps)  # BN = identity, with torch's eps
         block.gate.fc2.weight.zero_()
         block.gate.fc2.bias.fill_(20.0)  # gate = 1 to 1e-9
     x = torch.arange(1 * 4 * 4 * 4, dtype=torch.float64).reshape(1, 4, 4, 4)

@@ -1,5 +1,7 @@
 """The training command end to end on tiny data the tests write (ImageFolder PNGs, CIFAR batches, the
-digits), exact kill-and-resume, 2 processes x B/2 == 1 process x B under torchrun, and every bad input."""
+digits), exact kill-and-resume, --deterministic, 2 processes x B/2 == 1 process x B under torchrun, and
+every bad input. Where the point is the arithmetic of resuming or sharding, the runs are pinned to the CPU
+(GPU kernels are not deterministic without --deterministic; results/gpu_check.sh checks that flag there)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from repmlp_lite import create_model, training_run
 from repmlp_lite import train as train_module
 from repmlp_lite.checkpoint import save_atomic
 from repmlp_lite.data import Augmented, cifar_transform, load_cifar, random_resized_crop_box
+from repmlp_lite.runtime import Runtime, determinism
 from repmlp_lite.train import main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -51,6 +54,11 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+def _epochs(out: Path) -> list[dict]:
+    """The per-epoch records of ``out/log.jsonl`` (without the start lines and the final one)."""
+    return [record for record in _log(out) if "epoch" in record]
+
+
 def _params(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=False)["model"]
 
@@ -67,12 +75,20 @@ def test_digits_end_to_end_deploys_and_checks(tmp_path):
     out = tmp_path / "run"
     final = main([*DIGITS, "--epochs", "2", "--out", str(out)])
     log = _log(out)
-    assert [r["epoch"] for r in log[:-1]] == [1, 2] and log[-1] == final
-    for record in log[:-1]:
+    start, epochs = log[0], _epochs(out)
+    assert start["run"] == "started" and start["processes"] == 1
+    # without --deterministic: deterministic on a CPU, not on a GPU, and the line says why
+    assert start["deterministic"] is (start["device"] == "cpu") and start["determinism"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and log[1:-1] == epochs and log[-1] == final
+    for record in epochs:
         assert {"epoch", "train_loss", "top1", "lr", "images_per_s"} <= record.keys()
         assert np.isfinite(record["train_loss"]) and record["images_per_s"] > 0
-    assert log[1]["lr"] == 0.0  # the cosine reached its end
-    assert final["agreement"] == 1.0 and final["max_rel_logit_diff"] < 1e-4
+    assert epochs[1]["lr"] == 0.0  # the cosine reached its end
+    # the check ran in float32 with TF32 off, on the run's device (where a GPU's TF32 convs gave 1e-3)
+    assert final["check_precision"] == {
+        "device": start["device"], "dtype": "float32", "tf32_convs": False, "tf32_matmuls": False
+    }
+    assert final["agreement"] == 1.0 and final["max_rel_logit_diff"] < 1e-5
     assert final["top1_deployed"] == pytest.approx(final["top1"], abs=1e-2)
     assert final["model_kwargs"] == {"in_channels": 1, "image_size": 16, "width": 4, "h": 4}
     deployed = create_model("small_repmlp_resnet", deploy=True, num_classes=10, **final["model_kwargs"])
@@ -134,8 +150,9 @@ def test_augmentation_is_seeded_by_epoch_and_index(cifar_dir):
 
 
 def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-    """SIGKILL at step 7 of 8 (checkpoints every 3 steps: it loses steps 7), resume, compare."""
-    args = [*DIGITS, "--epochs", "2", "--save-every", "3"]
+    """SIGKILL at step 7 of 8 (checkpoints every 3 steps: it loses steps 7), resume, compare bit for bit
+    (on the CPU: the point is what a checkpoint holds, not a GPU's kernels)."""
+    args = [*DIGITS, "--epochs", "2", "--save-every", "3", "--device", "cpu"]
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -153,8 +170,27 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     main([*args, "--out", str(straight)])
     diff = _max_diff(_params(killed / "last.pt"), _params(straight / "last.pt"))
     print(f"max |resumed - uninterrupted| over all parameters and buffers: {diff:.3g}")
-    assert diff <= 1e-6
-    assert _log(killed)[1] == {**_log(straight)[1], "images_per_s": _log(killed)[1]["images_per_s"]}
+    assert diff == 0
+    assert [r["run"] for r in _log(killed) if "run" in r] == ["started", "resumed"]
+    resumed, uninterrupted = _epochs(killed)[1], _epochs(straight)[1]
+    assert resumed == {**uninterrupted, "images_per_s": resumed["images_per_s"]}
+
+
+def test_deterministic_runs_are_bitwise_equal(cifar_dir, tmp_path):
+    """--deterministic on the CPU, augmenting in 2 DataLoader workers: two runs end with the same bits, and
+    the command puts torch's flags and the environment back as they were."""
+    args = [*TINY, "--data", str(cifar_dir), "--epochs", "1", "--batch-size", "8", "--workers", "2"]
+    args += ["--device", "cpu", "--deterministic"]
+    environment = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    first, second = tmp_path / "first", tmp_path / "second"
+    main([*args, "--out", str(first)])
+    main([*args, "--out", str(second)])
+    a, b = _params(first / "last.pt"), _params(second / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = _log(first)[0]
+    assert start["deterministic"] is True and start["determinism"].startswith("--deterministic")
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == environment
 
 
 def test_save_atomic_leaves_the_old_file_when_writing_fails(tmp_path):
@@ -175,7 +211,8 @@ def test_save_atomic_leaves_the_old_file_when_writing_fails(tmp_path):
 
 def test_two_processes_of_half_the_batch_equal_one_process(tmp_path):
     """One optimiser step (16 images, batch 16) with frozen BN: torchrun 2 x 8 against 1 x 16."""
-    args = [*DIGITS, "--limit-train", "16", "--epochs", "1", "--freeze-bn", "--optimizer", "sgd"]
+    # on the CPU with gloo even where a GPU is visible: the point is the arithmetic of the sharding
+    args = [*DIGITS, "--limit-train", "16", "--epochs", "1", "--freeze-bn", "--optimizer", "sgd", "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two"
     proc = subprocess.run(
@@ -278,6 +315,27 @@ def test_refuses_bad_options(capsys, tmp_path, monkeypatch):
     assert "--batch-size 2 is smaller than the 3 processes" in _refused(
         capsys, [*DIGITS, *out, "--batch-size", "2"]
     )
+
+
+def test_refuses_more_processes_than_gpus_and_a_late_deterministic(capsys, tmp_path, monkeypatch):
+    """On GPUs torchrun's local rank r runs on cuda:r: 2 processes on a machine showing 1 GPU are refused
+    (the count is faked here, so this runs anywhere); so is --deterministic on a GPU once CUDA has started
+    in the process without CUBLAS_WORKSPACE_CONFIG (cuBLAS has read it by then)."""
+    out = ["--out", str(tmp_path / "run"), "--epochs", "1"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    err = _refused(capsys, [*DIGITS, *out, "--device", "cuda"])
+    assert "torchrun --nproc_per_node 2: 1 GPU is visible here, one per process: start at most 1" in err
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    err = _refused(capsys, [*DIGITS, *out, "--device", "cuda", "--deterministic"])
+    assert "--deterministic: CUDA was initialised in this process" in err and "=:4096:8" in err
+
+
+def test_determinism_line_on_a_gpu_without_the_flag():
+    said = determinism(Runtime(0, 1, torch.device("cuda", 0)))  # only the device's type is read
+    assert said["deterministic"] is False and "--deterministic" in said["determinism"]
 
 
 def test_refuses_a_checkpoint_of_other_shapes(capsys, tmp_path):

@@ -1,0 +1,43 @@
+"""Figures measured on machines the book is not built on, committed in the repository's ``results/``
+(e.g. ``results/gpu_h200.json``: the package on an NVIDIA H200), for the chapters to quote.
+
+:func:`load_results` reads such a file from the checkout this package runs from. A package installed
+by pip from the book's repository (Colab's install cell) has no ``results/`` beside it: then the file is
+read from that repository, at the commit pip installed, named by the installation's ``direct_url.json``
+(PEP 610).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _repository_url(name: str) -> str:
+    """``results/<name>`` on GitHub at the commit pip installed this package from."""
+    try:
+        origin = json.loads(metadata.distribution("repmlp_lite").read_text("direct_url.json") or "null")
+    except metadata.PackageNotFoundError:
+        origin = None
+    url, commit = (origin or {}).get("url", ""), (origin or {}).get("vcs_info", {}).get("commit_id")
+    if not (url.startswith("https://github.com/") and commit):
+        raise FileNotFoundError(
+            f"results/{name}: not at {RESULTS / name}, and this repmlp_lite was not installed from a GitHub "
+            "repository; run the chapter from a clone of the book's repository"
+        )
+    repository = url.removeprefix("https://github.com/").removesuffix(".git")
+    return f"https://raw.githubusercontent.com/{repository}/{commit}/results/{name}"
+
+
+def load_results(name: str) -> dict[str, Any]:
+    """The JSON file ``results/<name>`` of the book's repository (see the module's docstring)."""
+    local = RESULTS / name
+    if local.is_file():
+        return json.loads(local.read_text())
+    with urllib.request.urlopen(_repository_url(name), timeout=30) as response:
+        return json.loads(response.read())

@@ -483,7 +483,7 @@ def test_a_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", full)
     err = _refused(capsys, [*DIGITS, "--epochs", "1", "--out", str(tmp_path)])
     assert f"cannot write the checkpoint {tmp_path / 'last.pt'} (No space left on device)" in err
-    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either
+    assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]  # the log's first line; no temporary file left
 
 
 def test_an_interrupted_run_says_how_to_go_on(capsys, tmp_path, monkeypatch):

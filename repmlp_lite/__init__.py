@@ -18,7 +18,7 @@
   :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.tables`, :mod:`~repmlp_lite.export`: the measurements.
 * :mod:`~repmlp_lite.style`, :mod:`~repmlp_lite.viz`, :mod:`~repmlp_lite.diagram`, :mod:`~repmlp_lite.overview`,
   :mod:`~repmlp_lite.static_widgets`, :mod:`~repmlp_lite.summary`, :mod:`~repmlp_lite.ablation`: the book's
-  figures, widgets and tables (they need the ``[book]`` extra; ``import repmlp_lite`` imports none of them).
+  figures, widgets and tables (they need the ``[chapters]`` extra; ``import repmlp_lite`` imports none of them).
 """
 
 from .block import RepMLPBlock, partition, unpartition

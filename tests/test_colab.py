@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shlex
 from collections import Counter
@@ -79,6 +80,7 @@ def test_install_cell_is_the_one_written_for_the_chapter(path):
     assert copy_cell["source"] == chapter_cell["source"] and "tags" not in copy_cell["metadata"]
     source = "".join(chapter_cell["source"])
     assert f'BOOK_REPO = "{url}"' in source and "print(" in source, "a failed install must say what to do"
+    assert max(map(len, source.splitlines())) <= 88, "the install cell must fit the book's code column"
 
 
 def _installs(source: str) -> tuple[list[str], list[str], list[str]]:
@@ -162,6 +164,25 @@ def test_values_are_written_as_text_and_marked_where_they_depend_on_the_machine(
     assert colab_copies._value(book, "notebooks/x", "ms") == "1.25" + colab_copies.MACHINE_MARK
     with pytest.raises(ValueError, match="--values"):
         colab_copies._value(book, "notebooks/x", "new_name")
+
+
+def test_the_build_records_each_chapters_glued_values_in_one_file(tmp_path, monkeypatch, caplog):
+    """book/_ext/glued_values.py: a record file per page before it is read, gathered when the build ends."""
+    app = SimpleNamespace(outdir=str(tmp_path / "html"))
+    monkeypatch.setenv(glued_values.GLUE_RECORD_ENV, "")  # restored after the test
+    stale = tmp_path / "glued" / "notebooks" / "01_x.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("left by an earlier build\n")
+    glued_values._name_record(app, "notebooks/01_x", [])
+    assert not stale.exists() and os.environ[glued_values.GLUE_RECORD_ENV] == str(stale)
+    entry = {"name": "ms", "text": "1.25", "machine_dependent": True}
+    stale.write_text(json.dumps(entry) + "\n" + json.dumps(entry | {"text": "1.31"}) + "\n")
+    with caplog.at_level("WARNING"):
+        glued_values._gather(app, None)
+    assert "glued twice with different values" in caplog.text
+    values = glued_values.read(tmp_path / glued_values.BUILD_VALUES.name)
+    assert values["pages"] == {"notebooks/01_x": {"ms": {"text": "1.31", "machine_dependent": True}}}
+    assert set(values["built"]) == {"machine", "date"}
 
 
 def test_the_myst_check_catches_what_it_names():

@@ -120,9 +120,9 @@ def install_cell(url: str, extras: list[str], requirements: list[str]) -> str:
     (:func:`reader_requirements` of ``extras``), only where ``import repmlp_lite`` fails."""
     packages = " ".join(shlex.quote(r) for r in requirements)
     lines = [
-        f"{INSTALL_MARKER} where missing, next to the torch already there:",
-        "# the package without its dependencies (pip must not replace torch), then pyproject.toml's",
-        f"# dependencies but torch and its extras [{', '.join(extras)}] (book/_ext/colab_install.py).",
+        f"{INSTALL_MARKER} where missing, never replacing torch:",
+        "# the package without its dependencies, then pyproject.toml's dependencies but torch",
+        f"# and its extras [{', '.join(extras)}] (written by book/_ext/colab_install.py).",
         f'BOOK_REPO = "{url}"',
         "CHAPTER_NEEDS = (",
         *[f'    "{chunk}"' for chunk in _chunks(packages, 70)],
@@ -135,9 +135,9 @@ def install_cell(url: str, extras: list[str], requirements: list[str]) -> str:
         "    try:",
         f"        import {PACKAGE}",
         "    except ImportError as error:",
-        f'        print(f"{PACKAGE} is not importable ({{error}}). Offline: connect (Colab: Runtime > "',
-        '              "Restart session) and run this cell again. No torch: install the torch "',
-        '              "for your machine first (https://pytorch.org).")',
+        f'        print(f"{PACKAGE} is not importable ({{error}}). Offline: connect "',
+        '              "(Colab: Runtime > Restart session) and run this cell again. "',
+        '              "No torch: install the torch for your machine first (pytorch.org).")',
     ]
     return "\n".join(lines)
 

@@ -45,8 +45,8 @@ def glue(name: str, value: Any, *, machine_dependent: bool = False) -> Any:
     shows without quotes. ``name`` must be a Python identifier that no other line of the notebook
     assigns (``tests/test_glue.py`` checks the chapters). ``machine_dependent``: the value depends on
     the machine that ran the cell (a timing or a ratio of timings, a rounding error, a trained
-    accuracy, a thread count, the device), so the Colab copy marks the build's value as such. Outside
-    IPython (a plain script) nothing is bound.
+    accuracy, a thread count, the device, a setting its environment chooses), so the Colab copy
+    marks the build's value as such. Outside IPython (a plain script) nothing is bound.
     """
     if not name.isidentifier():
         raise ValueError(f"glue: name must be a Python identifier (the prose quotes it), got {name!r}")

@@ -23,7 +23,7 @@
   :mod:`~repmlp_lite.measured`: figures measured on other machines (the repository's ``results/``).
 * :mod:`~repmlp_lite.style`, :mod:`~repmlp_lite.viz`, :mod:`~repmlp_lite.diagram`, :mod:`~repmlp_lite.overview`,
   :mod:`~repmlp_lite.explorers`, :mod:`~repmlp_lite.summary`, :mod:`~repmlp_lite.ablation`: the book's
-  figures, explorers and tables (they need the ``[book]`` extra; ``import repmlp_lite`` imports none of them).
+  figures, explorers and tables (they need the ``[chapters]`` extra; ``import repmlp_lite`` imports none of them).
 """
 
 from .block import RepMLPBlock, partition, unpartition

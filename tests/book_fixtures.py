@@ -28,7 +28,6 @@ import dataclasses
 import fcntl
 import functools
 import http.server
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -42,11 +41,13 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-# The book's own build extension (book/_ext, not a package): the tests read _toc.yml and check the
-# Colab copies with its functions.
-_spec = importlib.util.spec_from_file_location("colab_copies", REPO / "book" / "_ext" / "colab_copies.py")
-colab_copies = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(colab_copies)
+# The book's own build extensions (book/_ext, a folder of modules, not a package; Sphinx puts it on
+# the path too): the tests read _toc.yml and check the Colab copies with their functions.
+sys.path.insert(0, str(REPO / "book" / "_ext"))
+import colab_copies
+import colab_install  # noqa: F401  (for the tests: the install cell's rules)
+import glued_values  # noqa: F401  (for the tests: the values files)
+
 BUILD_DIR = REPO / "_build"
 HTML_DIR = BUILD_DIR / "html"
 LOG_PATH = BUILD_DIR / "book-build.log"

@@ -35,6 +35,20 @@ def test_glue_binds_strings_without_quotes_and_numbers_as_they_are():
     assert set(formatter.format(shell.user_ns["acc_demo"])[0]) == {"text/plain"}
 
 
+def test_glue_records_each_value_where_the_book_build_asks(monkeypatch, tmp_path):
+    """The build names a file per chapter (book/_ext/glued_values.py); glue appends what the prose shows."""
+    record = tmp_path / "chapter.jsonl"
+    monkeypatch.setenv(book.GLUE_RECORD_ENV, str(record))
+    book.glue("ms_demo", "1.25", machine_dependent=True)
+    book.glue("count_demo", 360)
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    assert lines == [{"name": "ms_demo", "text": "1.25", "machine_dependent": True},
+                     {"name": "count_demo", "text": "360", "machine_dependent": False}]
+    monkeypatch.delenv(book.GLUE_RECORD_ENV)
+    book.glue("count_demo", 361)
+    assert len(record.read_text().splitlines()) == 2, "outside the build nothing is recorded"
+
+
 def test_glue_rejects_a_name_no_role_can_quote():
     with pytest.raises(ValueError, match="name must be a Python identifier"):
         book.glue("max-err", "1e-7")

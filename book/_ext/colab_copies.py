@@ -12,12 +12,18 @@ into plain Markdown (CommonMark plus ``$...$`` math, which Colab typesets):
   book as the HTML book numbers them;
   ``(label)=`` targets are dropped;
 * each figure's caption follows it as a line of its own (see below);
-* a paragraph that quotes computed numbers (``{eval}`name```) becomes a code cell shown as a form
-  (Colab hides its code): run, it displays the paragraph as Markdown with the numbers the cells above
-  computed.
+* every heading and paragraph stays Markdown, so Colab shows the whole chapter (and its table of
+  contents) before anything runs: a computed number (``{eval}`name```) is written as the book's build
+  computed it, from ``colab/build_values.json`` (``book/_ext/glued_values.py``: the build records the
+  values, ``--values`` takes them in). A note under the chapter's opening says so; a number that
+  depends on the machine (``glue(..., machine_dependent=True)``: timings, speed ratios, rounding
+  errors, trained accuracies, the device) is marked †, and the note says that the reader's run prints
+  its own in the output of the code above it.
 
 The repository URL lives in one place, ``_config.yml``'s ``repository.url``: this script also writes
-it into every chapter's install cell (:func:`install_cell`), in ``notebooks/`` and in the copies.
+it into every chapter's install cell (``book/_ext/colab_install.py``: the package without its
+dependencies, never a torch, then the chapter's extras from ``pyproject.toml``), in ``notebooks/``
+(tagged ``remove-cell``: the HTML book drops it) and in the copies.
 
 A figure's caption lives in its cell's myst-nb metadata, which the HTML book turns into a numbered
 caption but neither JupyterLab nor Colab shows. So this script also writes, after every figure cell
@@ -30,6 +36,14 @@ up to date)::
 
     python book/_ext/colab_copies.py          # write notebooks' install cells and colab/*.ipynb
     python book/_ext/colab_copies.py --check  # exit 1 if anything would change
+    # after a book build: the copies with the numbers it computed (stored in colab/build_values.json)
+    python book/_ext/colab_copies.py --values _build/glued_values.json
+
+Without ``--values`` the numbers come from the committed ``colab/build_values.json``, so the copies
+(and ``--check``) do not change when a rebuild times something differently. A paragraph that quotes
+a value the file lacks (a new one) is an error that says to build and pass ``--values``; the tests
+compare the committed values with the session's build (those that do not depend on the machine
+must be equal).
 
 As a Sphinx extension (``_config.yml``, ``local_extensions``) it points each chapter's Colab launch
 button at the chapter's copy.
@@ -45,12 +59,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import glued_values
 import yaml
+from colab_install import INSTALL_MARKER, chapter_extras, install_cell, pyproject, reader_requirements
 
 ROOT = Path(__file__).resolve().parents[2]
 COLAB_DIR = "colab"
 COLAB = "https://colab.research.google.com/github"
-INSTALL_MARKER = "# Colab or a fresh kernel: install repmlp_lite"
+MACHINE_MARK = "†"  # after a number of the build's that depends on the machine
+NOTE_ID = "colab-build-numbers"
 
 FENCE = re.compile(r"^(?P<fence>`{3,}|:{3,})\{(?P<name>[\w-]+)\}[ \t]*(?P<args>.*)$")
 OPTION = re.compile(r"^:(?P<key>[\w-]+):[ \t]*(?P<value>.*)$")
@@ -89,24 +106,6 @@ def toc_pages(root: Path = ROOT) -> list[str]:
 
     walk(toc.get("parts", toc.get("chapters", [])))
     return pages
-
-
-def install_cell(url: str) -> str:
-    """Every chapter's first code cell: installs the package with the book's extras from ``url``."""
-    return (
-        f"{INSTALL_MARKER} and the book's extras where missing.\n"
-        "# The URL is _config.yml's repository.url (python book/_ext/colab_copies.py)\n"
-        f'BOOK_REPO = "{url}"\n'
-        "try:\n"
-        "    import repmlp_lite\n"
-        "except ImportError:\n"
-        '    %pip install -q "repmlp_lite[book] @ git+{BOOK_REPO}"\n'
-        "    try:\n"
-        "        import repmlp_lite\n"
-        "    except ImportError:\n"
-        '        print(f"Could not install repmlp_lite from {BOOK_REPO}: connect to the "\n'
-        '              "internet (Colab: Runtime > Restart session), then run this cell again.")'
-    )
 
 
 def colab_url(url: str, branch: str, path: str) -> str:
@@ -157,7 +156,8 @@ def _bib(path: Path) -> dict[str, str]:
 class Book:
     """What the rewriting needs to know about the whole book: titles, labels, references, URLs."""
 
-    def __init__(self, root: Path = ROOT) -> None:
+    def __init__(self, root: Path = ROOT, build_values: glued_values.Values | None = None) -> None:
+        """``build_values``: a build's record of the glued values, to quote instead of the committed ones."""
         self.root = root
         self.url, self.branch = repository(root)
         self.notebooks = sorted((root / "notebooks").glob("*.ipynb"))
@@ -186,12 +186,20 @@ class Book:
             for match in EQUATION_LABEL.finditer(self.texts[page]):
                 self.equations[match.group("label")] = (page, len(self.equations) + 1)
         self.cites = _bib(root / "book" / "references.bib")
+        # the values the copies quote: the build's, or those committed beside the copies
+        self.values = (glued_values.quoted(build_values, self.quoted_names()) if build_values is not None
+                       else glued_values.read(root / glued_values.COMMITTED_VALUES))
 
     def _index(self, page: str, text: str) -> None:
         self.texts[page] = text
         self.titles[page] = _title(text, page)
         for match in re.finditer(r"^\(([\w-]+)\)=[ \t]*\n+#+[ \t]+(.+)$", text, re.M):
             self.sections[match.group(1)] = match.group(2).strip()
+
+    def quoted_names(self) -> dict[str, list[str]]:
+        """``page -> the names its prose quotes with {eval}``, each once, in reading order."""
+        return {page: list(dict.fromkeys(m.group("body") for m in ROLE.finditer(text) if m.group("name") == "eval"))
+                for page, text in self.texts.items() if page.startswith("notebooks/")}
 
     def link(self, page: str) -> str:
         if page.startswith("notebooks/"):
@@ -240,7 +248,22 @@ def _role(book: Book, page: str, name: str, body: str) -> str:
         return f"Fig. {book.figures[target][0]}"
     if name == "math":
         return f"${body}$"
+    if name == "eval":
+        return _value(book, page, body)
     raise ValueError(f"{page}: no plain-Markdown form for the role {{{name}}}`{body}`")
+
+
+def _value(book: Book, page: str, name: str) -> str:
+    """A glued value as the build computed it, as Markdown text; marked when it depends on the machine."""
+    value = book.values["pages"].get(page, {}).get(name)
+    if value is None:
+        raise ValueError(
+            f"{page}: {{eval}}`{name}` has no value recorded by a book build ({glued_values.COMMITTED_VALUES}): "
+            f"build the book, then run `python book/_ext/colab_copies.py --values {glued_values.BUILD_VALUES}`")
+    if "\n" in value["text"]:
+        raise ValueError(f"{page}: the value of {{eval}}`{name}` spans lines, which a paragraph cannot quote")
+    text = re.sub(r"([\\`*_\[\]<>|$])", r"\\\1", value["text"])  # as text, not as Markdown
+    return text + (MACHINE_MARK if value["machine_dependent"] else "")
 
 
 def _quote(text: str) -> str:
@@ -295,35 +318,11 @@ def _equations(text: str, book: Book, page: str) -> str:
 
 
 def plain_markdown(text: str, book: Book, page: str) -> str:
-    """One markdown cell's MyST, as CommonMark (``{eval}`` roles are left for :func:`colab_cells`)."""
+    """One markdown cell's MyST, as CommonMark, with the build's values for its ``{eval}`` roles."""
     text = TARGET.sub("", text)
     text = _directives(text, page)
     text = _equations(text, book, page)
-    def role(m: re.Match) -> str:
-        return m.group(0) if m.group("name") == "eval" else _role(book, page, m.group("name"), m.group("body"))
-
-    return ROLE.sub(role, text)
-
-
-def _eval_cell(markdown: str, page: str) -> dict[str, Any]:
-    """A form cell that displays ``markdown`` with each ``{eval}`name``` filled in from the kernel."""
-    if '"""' in markdown or markdown.rstrip().endswith("\\"):
-        raise ValueError(f"{page}: this paragraph with {{eval}} roles fits no raw string: {markdown[:80]!r}")
-    names: list[str] = []
-
-    def field(match: re.Match) -> str:
-        names.append(match.group("body"))
-        return "\0" + match.group("body") + "\1"
-
-    template = ROLE.sub(field, markdown).replace("{", "{{").replace("}", "}}")
-    template = template.replace("\0", "{").replace("\1", "}")
-    source = (
-        "#@title Show this paragraph with the numbers computed above\n"
-        "from IPython.display import Markdown\n"
-        f'Markdown(rf"""{template}""")'
-    )
-    return {"cell_type": "code", "execution_count": None, "metadata": {"cellView": "form"}, "outputs": [],
-            "source": _lines(source)}
+    return ROLE.sub(lambda m: _role(book, page, m.group("name"), m.group("body")), text)
 
 
 def _folded_solution(text: str) -> str:
@@ -335,15 +334,28 @@ def _folded_solution(text: str) -> str:
     return f"<details>\n<summary><b>{match.group('title')}</b></summary>\n\n{body}\n\n</details>\n"
 
 
+def numbers_note(book: Book, page: str) -> dict[str, Any] | None:
+    """The copy's note under the chapter's opening: where its numbers come from (``None``: it quotes none)."""
+    quoted = book.values["pages"].get(page, {})
+    if not quoted:
+        return None
+    text = (f"> **The numbers in this text** are those the book's build computed ({book.values['built']['machine']}; "
+            f"{book.values['built']['date']}), so that Colab shows them before anything runs.")
+    if any(value["machine_dependent"] for value in quoted.values()):
+        text += (f" A number marked {MACHINE_MARK} depends on the machine (a timing, a speed ratio, a rounding "
+                 "error, a trained accuracy, the device): when you run the chapter, the code above it prints "
+                 "your machine's own.")
+    return {"cell_type": "markdown", "id": NOTE_ID, "metadata": {}, "source": _lines(text + "\n")}
+
+
 def colab_cells(nb: dict, book: Book, page: str) -> list[dict]:
+    """The copy's cells: Markdown rewritten, solutions folded, the note on the numbers under the opening."""
     cells = []
     solution = ""  # the title of the solution section the cells belong to, once in the solutions
     for cell in nb["cells"]:
         cell = copy.deepcopy(cell)
         source = _source(cell)
-        if cell["cell_type"] == "code" and source.startswith(INSTALL_MARKER):
-            cell["source"] = _lines(install_cell(book.url))
-        elif cell["cell_type"] == "code" and "solution" in cell["metadata"].get("tags", []):
+        if cell["cell_type"] == "code" and "solution" in cell["metadata"].get("tags", []):
             # a form: Colab shows its title and folds the code, which still runs
             cell["source"] = _lines(f"#@title {solution}: the code\n{source}")
             cell["metadata"]["cellView"] = "form"
@@ -352,15 +364,12 @@ def colab_cells(nb: dict, book: Book, page: str) -> list[dict]:
             if heading:
                 solution = heading.group("title")
                 source = _folded_solution(source)
-            text = plain_markdown(source, book, page)
-            if any(m.group("name") == "eval" for m in ROLE.finditer(text)):
-                cell = _eval_cell(text, page) | ({"id": cell["id"]} if "id" in cell else {})
-            else:
-                cell["source"] = _lines(text)
-        if CAPTION_TAG in cell["metadata"].get("tags", []):
-            cell["metadata"].pop("tags")  # the HTML book's tags mean nothing to Colab
+            cell["source"] = _lines(plain_markdown(source, book, page))
+        if {CAPTION_TAG, "remove-cell"} & set(cell["metadata"].get("tags", [])):
+            cell["metadata"].pop("tags")  # the HTML book's tags (captions, install cell) mean nothing to Colab
         cells.append(cell)
-    return cells
+    note = numbers_note(book, page)
+    return cells[:1] + [note] + cells[1:] if note else cells
 
 
 def caption_cell(figure: dict[str, str], book: Book) -> dict[str, Any]:
@@ -387,16 +396,31 @@ def _dump(nb: dict) -> str:
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
 
 
-def outputs(root: Path = ROOT) -> dict[Path, str]:
-    """Every file this script writes, with its text: the chapters (install cells) and their copies."""
-    book = Book(root)
+def with_install_cell(cells: list[dict], book: Book) -> list[dict]:
+    """``cells`` with the install cell rewritten for the chapter they are (and tagged ``remove-cell``)."""
+    code = [_source(c) for c in cells if c["cell_type"] == "code"]
+    extras = chapter_extras(code, book.root)
+    source = install_cell(book.url, extras, reader_requirements(pyproject(book.root), extras))
+    out = []
+    for cell in cells:
+        if cell["cell_type"] == "code" and _source(cell).startswith(INSTALL_MARKER):
+            tags = cell["metadata"].get("tags", [])
+            tags = tags if "remove-cell" in tags else [*tags, "remove-cell"]
+            cell = cell | {"source": _lines(source), "metadata": cell["metadata"] | {"tags": tags}}
+        out.append(cell)
+    return out
+
+
+def outputs(root: Path = ROOT, build_values: glued_values.Values | None = None) -> dict[Path, str]:
+    """Every file this script writes, with its text: the chapters (install cells, captions) and their
+    copies; with ``build_values`` (a build's record), also the committed values the copies quote."""
+    book = Book(root, build_values)
     files: dict[Path, str] = {}
+    if build_values is not None:
+        files[root / glued_values.COMMITTED_VALUES] = glued_values.dump(book.values)
     for path in book.notebooks:
         nb = json.loads(path.read_text())
-        for cell in nb["cells"]:
-            if cell["cell_type"] == "code" and _source(cell).startswith(INSTALL_MARKER):
-                cell["source"] = _lines(install_cell(book.url))
-        nb["cells"] = with_captions(nb["cells"], book)
+        nb["cells"] = with_captions(with_install_cell(nb["cells"], book), book)
         files[path] = _dump(nb)
         page = f"notebooks/{path.stem}"
         copy_nb = {
@@ -410,9 +434,12 @@ def outputs(root: Path = ROOT) -> dict[Path, str]:
     return files
 
 
-def stale(root: Path = ROOT) -> list[Path]:
+def stale(root: Path = ROOT, build_values: glued_values.Values | None = None) -> list[Path]:
     """The files :func:`outputs` would change (missing, different), and copies of no chapter."""
-    files = outputs(root)
+    return _changed(outputs(root, build_values), root)
+
+
+def _changed(files: dict[Path, str], root: Path) -> list[Path]:
     changed = [path for path, text in files.items() if not path.exists() or path.read_text() != text]
     orphans = [path for path in sorted((root / COLAB_DIR).glob("*.ipynb")) if path not in files]
     return changed + orphans
@@ -421,15 +448,22 @@ def stale(root: Path = ROOT) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if any file would change")
+    parser.add_argument("--values", type=Path, metavar="JSON",
+                        help=f"the values a book build glued ({glued_values.BUILD_VALUES}): the copies quote them, "
+                             f"and the ones they quote are stored in {glued_values.COMMITTED_VALUES}")
     args = parser.parse_args(argv)
+    try:
+        files = outputs(ROOT, glued_values.read(args.values) if args.values else None)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"colab_copies: {error}", file=sys.stderr)
+        return 2
+    old = _changed(files, ROOT)
     if args.check:
-        old = stale()
         for path in old:
             print(f"out of date: {path.relative_to(ROOT)}")
         return 1 if old else 0
     (ROOT / COLAB_DIR).mkdir(exist_ok=True)
-    files = outputs()
-    for path in stale():
+    for path in old:
         if path in files:
             path.write_text(files[path])
             print(f"wrote {path.relative_to(ROOT)}")

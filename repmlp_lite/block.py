@@ -33,6 +33,7 @@ from torch import nn
 from . import fast_forward
 from ._checks import check_4d, check_divisible, check_odd_kernel, check_positive
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
+from .fast_training import PartitionBatchNorm1d, PartitionBatchNorm2d, PartitionConv2d
 from .fusion import fuse_bn_linear, fuse_conv_bn, fuse_linear_bn
 from .reparameterize import Reparameterizable
 
@@ -98,15 +99,19 @@ class GroupedFC(nn.Module):
 
 
 class ConvBN(nn.Sequential):
-    """A bias-free conv with "same" padding followed by BatchNorm2d: one local-perceptron branch."""
+    """A bias-free conv with "same" padding followed by BatchNorm2d: one local-perceptron branch.
+
+    Both run on partitions, in layers that compute the same numbers as ``nn.Conv2d`` and
+    ``nn.BatchNorm2d`` in kernels suited to many small maps (:mod:`repmlp_lite.fast_training`).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1):
         check_odd_kernel("reparam_conv_k", kernel_size)
         super().__init__()
-        self.conv = nn.Conv2d(
+        self.conv = PartitionConv2d(
             in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=False
         )
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = PartitionBatchNorm2d(out_channels)
 
     def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The branch as one conv: ``(kernel (O, C/g, K, K), bias (O,))``."""
@@ -211,7 +216,7 @@ class RepMLPBlock(Reparameterizable):
             GlobalPerceptron(in_channels, H // h, W // w, h, w, fc1_fc2_reduction) if needs_global else None
         )
         self.fc3 = GroupedFC(in_channels * h * w, out_channels * h * w, groups)
-        self.fc3_bn: nn.BatchNorm1d | None = nn.BatchNorm1d(out_channels * h * w)
+        self.fc3_bn: nn.BatchNorm1d | None = PartitionBatchNorm1d(out_channels * h * w)  # nn.BatchNorm1d's numbers
         self.local_perceptron: nn.ModuleDict | None = nn.ModuleDict(
             {f"conv{k}": ConvBN(in_channels, out_channels, k, groups) for k in reparam_conv_k}
         )

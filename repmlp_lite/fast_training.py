@@ -37,7 +37,7 @@ that outputs, gradients and running statistics agree in float64.
 
 from __future__ import annotations
 
-import functools
+import math
 from typing import Any
 
 import torch
@@ -172,11 +172,10 @@ class PartitionBatchNorm2d(_PartitionBatchNorm, nn.BatchNorm2d):
     the blocks' FC3 and conv-branch BNs (module docstring)."""
 
 
-@functools.lru_cache(maxsize=256)
 def widening(batch: int, channels: int) -> int:
-    """The ``r`` of :class:`PartitionConv2d`: the largest divisor of ``batch`` with
-    ``r * channels <= WIDE_CHANNELS`` (1 if there is none above 1)."""
-    return next(r for r in range(max(1, min(batch, WIDE_CHANNELS // channels)), 0, -1) if batch % r == 0)
+    """The ``r`` of :class:`PartitionConv2d`: the greatest common divisor of ``batch`` and
+    ``WIDE_CHANNELS // channels`` (so ``r * channels <= WIDE_CHANNELS``; 1 from 256 channels on)."""
+    return math.gcd(batch, max(1, WIDE_CHANNELS // channels))
 
 
 class PartitionConv2d(nn.Conv2d):

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, check_fits, load_checkpoint, rng_states, save_atomic, set_rng_states
 from .datasets import Augmented, DataError, Splits, build_splits, download_cifar
+from .fast_training import COMPILE_MODES, for_speed
 from .finish import evaluate, finish, log_record
 from .recipe import Recipe, make_optimizer, recipe_for, warmup_cosine
 from .runtime import (
@@ -178,6 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--freeze-bn", action="store_true", help="BN layers use their running statistics (fine-tuning)"
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+                   help=f"torch.compile the model with this mode ({', '.join(COMPILE_MODES)}; default: default)")
+    p.add_argument("--channels-last", action="store_true", help="the model in the channels-last memory format")
     p.add_argument("--kill-after-steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: SIGKILL itself
     return p.parse_args(argv)
 
@@ -303,11 +307,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.resume and rt.rank == 0:
         (args.out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-    net: nn.Module = model
+    net: nn.Module = for_speed(model, channels_last=args.channels_last)  # before the DDP wrap, as DDP asks
     if args.sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if rt.world > 1:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    net = for_speed(net, compile_mode=args.compile)  # after it, so that DDP's buckets split the graph
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     setup = {
         "model_name": args.model,

@@ -171,14 +171,11 @@ def compare_steps(
 def short_name(name: str) -> str:
     """An operator's or kernel's name without namespaces, template arguments and parameters:
     ``void at::native::batch_norm_collect_statistics_kernel<...>(...)`` -> ``batch_norm_collect_statistics_kernel``."""
-    name = re.sub(r"^void ", "", name)
-    depth, head = 0, []
-    for char in name:  # drop every <...> and (...), nested or not
-        depth += char in "<("
-        if depth == 0:
-            head.append(char)
-        depth -= char in ">)"
-    return "".join(head).rsplit("::", 1)[-1].strip() or name
+    short = name.removeprefix("void ")
+    for group in (r"<[^<>]*>", r"\([^()]*\)"):  # innermost first, until none is left
+        while re.search(group, short):
+            short = re.sub(group, "", short)
+    return short.rsplit("::", 1)[-1].strip() or name
 
 
 def step_profile(step: Callable[[], None], device: str, top: int = 10, steps: int = 2) -> list[dict[str, Any]]:
@@ -229,7 +226,7 @@ def run(args: argparse.Namespace, error: Callable[[str], None]) -> dict[str, lis
     """``--train-step``: :func:`compare_steps` for each of ``args.models``; bad input goes to ``error``
     (``parser.error``). Returns the tables: ``{"train_step": one row per model, "step_profile <model>": its
     profile rows}`` (no profiles with ``--top 0``)."""
-    batch = args.batch or (128 if args.device == "cuda" else 8)
+    batch = args.batch if args.batch is not None else (128 if args.device == "cuda" else 8)
     unknown = [name for name in args.models if name not in list_models()]
     if unknown:
         error(f"--models: unknown name {unknown[0]!r}; one of {', '.join(list_models())}")

@@ -24,9 +24,10 @@ The same numbers, differently computed (the state dicts do not change, so checkp
   then over the positions), and the backward is written out by hand
   (:class:`BatchNormFunction`); the running statistics update as ``nn.BatchNorm`` updates them.
   The partition only permutes pixels, so these are the statistics of the un-partitioned map too.
-* :class:`PartitionConv2d`: a depthwise conv (groups = in = out channels) on ``(A, S, h, w)`` runs
-  as the same depthwise conv on the view ``(A/r, r*S, h, w)`` with its kernels repeated ``r`` times
-  (:func:`widening`): each ``h x w`` map is still convolved alone, with its own zero padding.
+* :class:`PartitionConv2d`: a depthwise conv (groups = in = out channels) of few channels on
+  ``(A, S, h, w)`` runs as the same depthwise conv on the view ``(A/r, r*S, h, w)`` with its kernels
+  repeated ``r`` times (:func:`widening`): each ``h x w`` map is still convolved alone, with its own
+  zero padding.
 
 Elsewhere both behave as their ``torch.nn`` bases. The reference formulation is those bases'
 ``forward``; :mod:`repmlp_lite.train_step_speed` times one against the other, and the tests check
@@ -47,6 +48,7 @@ from torch import nn
 __all__ = [
     "COMPILE_MODES",
     "MIN_VALUES_PER_CHANNEL",
+    "NARROW_CHANNELS",
     "WIDE_CHANNELS",
     "BatchNormFunction",
     "PartitionBatchNorm1d",
@@ -71,7 +73,18 @@ than the hand-written form for every shape of a RepMLPNet-T224 step (``train_ste
 """
 
 WIDE_CHANNELS = 256
-""":class:`PartitionConv2d` widens its maps to at most this many channels (:func:`widening`)."""
+""":class:`PartitionConv2d` widens a depthwise conv of fewer than :data:`NARROW_CHANNELS` channels to at most
+this many (:func:`widening`)."""
+
+NARROW_CHANNELS = 16
+"""A depthwise conv with at least this many channels runs as it is.
+
+Measured while writing this (one thread, AMD EPYC, forward and backward, RepMLPNet-T224's conv branches
+at batch 8): widened, the first stage's ``S = 1`` branches took 0.02x to 0.06x of the time, the second
+stage's ``S = 4`` 0.25x to 0.3x, while at ``S = 16`` and ``S = 128`` the two forms were within the noise
+of a shared machine, or the wide form slower. On a GPU, PyTorch runs a grouped conv of one channel per
+group with its depthwise kernels from ``S = 2`` on; ``S = 1`` is an ordinary conv with one channel.
+"""
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """The modes of ``torch.compile`` that ``--compile`` takes (``reduce-overhead`` adds CUDA graphs)."""
@@ -173,9 +186,9 @@ class PartitionBatchNorm2d(_PartitionBatchNorm, nn.BatchNorm2d):
 
 
 def widening(batch: int, channels: int) -> int:
-    """The ``r`` of :class:`PartitionConv2d`: the greatest common divisor of ``batch`` and
-    ``WIDE_CHANNELS // channels`` (so ``r * channels <= WIDE_CHANNELS``; 1 from 256 channels on)."""
-    return math.gcd(batch, max(1, WIDE_CHANNELS // channels))
+    """The ``r`` of :class:`PartitionConv2d`: 1 from :data:`NARROW_CHANNELS` channels on, else the greatest
+    common divisor of ``batch`` and ``WIDE_CHANNELS // channels`` (so ``r * channels <= WIDE_CHANNELS``)."""
+    return 1 if channels >= NARROW_CHANNELS else math.gcd(batch, WIDE_CHANNELS // channels)
 
 
 class PartitionConv2d(nn.Conv2d):

@@ -17,7 +17,7 @@ import argparse
 import copy
 import re
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -37,16 +37,22 @@ from .runtime import autocast
 from .zoo import create_model, list_models
 
 __all__ = [
+    "CATEGORIES",
     "COLUMNS",
     "FORMS",
+    "OTHER",
     "PRECISIONS",
     "add_options",
+    "block_layer_shapes",
+    "compare_layer",
     "compare_steps",
     "image_size",
+    "op_category",
     "reference_form",
     "run",
     "short_name",
     "step_profile",
+    "time_by_category",
     "train_step",
 ]
 
@@ -114,18 +120,22 @@ def train_step(
 
 
 def _forms(
-    name: str, batch: int, device: str, compile_mode: str | None, channels_last: bool, seed: int
+    name: str, batch: int, device: str, compile_mode: str | None, channels_last: bool, seed: int,
+    model_kwargs: dict[str, Any],
 ) -> tuple[dict[str, nn.Module], torch.Tensor, torch.Tensor]:
-    """Both forms of zoo model ``name`` as built by default (the same weights) on ``device``, and a batch of
-    random images (channels as its first conv takes them, :func:`image_size`) and labels (one per output)."""
+    """Both forms of zoo model ``name`` built with ``model_kwargs`` (the same weights) on ``device``, the fast
+    one compiled and in the channels-last format as asked (:func:`~repmlp_lite.fast_training.for_speed`; the
+    reference formulation runs as the training command ran it before those options), and a batch of random
+    images (channels as its first conv takes them; side ``model_kwargs["image_size"]`` if given, else
+    :func:`image_size`) and labels (one per output)."""
     torch.manual_seed(seed)
-    model = create_model(name)
+    model = create_model(name, **model_kwargs)
     in_channels = next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
     num_classes = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    models = {"reference": reference_form(model), "fast": model}
-    models = {form: for_speed(m.to(device), compile_mode, channels_last) for form, m in models.items()}
+    models = {"reference": reference_form(model).to(device),
+              "fast": for_speed(model.to(device), compile_mode, channels_last)}
     gen = torch.Generator().manual_seed(seed)
-    size = image_size(name)
+    size = model_kwargs.get("image_size", image_size(name))
     images = torch.randn(batch, in_channels, size, size, generator=gen).to(device)
     labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
     return models, images, labels
@@ -142,15 +152,21 @@ def compare_steps(
     channels_last: bool = False,
     top: int = 0,
     seed: int = 0,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A training step (:func:`train_step`) of zoo model ``name``, reference formulation against fast form.
+    """A training step (:func:`train_step`) of zoo model ``name`` (built with ``model_kwargs``), reference
+    formulation against fast form (compiled with ``compile_mode`` and channels-last if asked: the reference
+    stays as it was).
 
-    Returns a row: images/s of both forms, timed in ``rounds`` interleaved rounds, and ``fast/reference``,
-    the speed-up (the median of the per-round ratios of the reference's time to the fast form's); and,
-    if ``top > 0``, both forms' :func:`step_profile` (rows with a ``form`` column).
+    Returns a row: images/s of both forms, timed in ``rounds`` interleaved rounds after warm-up steps
+    (three more for a compiled form, whose CUDA graphs are recorded in its first calls), and
+    ``fast/reference``, the speed-up (the median of the per-round ratios of the reference's time to the
+    fast form's); and, if ``top > 0``, both forms' :func:`step_profile` (rows with a ``form`` column).
     """
-    models, images, labels = _forms(name, batch, device, compile_mode, channels_last, seed)
+    models, images, labels = _forms(name, batch, device, compile_mode, channels_last, seed, model_kwargs or {})
     steps = {form: train_step(m, images, labels, precision) for form, m in models.items()}
+    for _ in range(3 if compile_mode else 0):
+        steps["fast"]()
     times = interleaved_ms({form: (lambda _, s=s: s()) for form, s in steps.items()}, images, rounds, min_run_time)
     ms = median_ms(times)
     row = {
@@ -206,6 +222,66 @@ def step_profile(step: Callable[[], None], device: str, top: int = 10, steps: in
     ]
 
 
+CATEGORIES = {  # a profile's operators and kernels by what they do: the first pattern that matches
+    "BatchNorm (PyTorch's kernels)": r"batch_norm",
+    "convolutions": r"conv|cudnn|implicit_gemm|wgrad|dgrad|depthwise",
+    "matrix products": r"\bmm\b|^mm$|bmm|addmm|gemm|matmul|linear|cutlass|sm\d+_xmma",
+}
+OTHER = "everything else"
+
+
+def op_category(op: str) -> str:
+    """The :data:`CATEGORIES` key of operator or kernel ``op`` (a :func:`short_name`), else :data:`OTHER`."""
+    return next((category for category, pattern in CATEGORIES.items() if re.search(pattern, op)), OTHER)
+
+
+def time_by_category(profile: Sequence[dict[str, Any]], step_ms: float) -> dict[str, float]:
+    """Milliseconds of a step of ``step_ms`` per :func:`op_category`, from a :func:`step_profile`'s shares;
+    what the rows leave out (a profile's tail) counts as :data:`OTHER`."""
+    ms = dict.fromkeys([*CATEGORIES, OTHER], 0.0)
+    for row in profile:
+        ms[op_category(row["op"])] += row["share"] * step_ms
+    ms[OTHER] += max(0.0, 1 - sum(row["share"] for row in profile)) * step_ms
+    return ms
+
+
+def block_layer_shapes(name: str, batch: int) -> list[dict[str, Any]]:
+    """What every :mod:`repmlp_lite.fast_training` layer of zoo model ``name`` receives in a training step at
+    ``batch`` images (a forward on the meta device: shapes only): ``layer`` (its name in the model), ``kind``
+    (its class), ``input`` shape, ``channels`` and ``values_per_channel`` (batch times positions)."""
+    rows = []
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0]
+        rows.append({"layer": names[module], "kind": type(module).__name__, "input": tuple(x.shape),
+                     "channels": x.shape[1], "values_per_channel": x.numel() // x.shape[1]})
+
+    with torch.device("meta"):
+        model = create_model(name).train()
+        names = {m: n for n, m in model.named_modules() if type(m) in _REFERENCE_LAYERS}
+        for module in names:
+            module.register_forward_pre_hook(record)
+        model(torch.empty(batch, 3, image_size(name), image_size(name)))
+    return rows
+
+
+def compare_layer(layer: nn.Module, x: torch.Tensor, rounds: int = 3, min_run_time: float = 0.1) -> dict[str, Any]:
+    """Forward and backward of a :mod:`repmlp_lite.fast_training` ``layer`` (training mode) on ``x`` against
+    its reference formulation (:func:`reference_form`), interleaved: ``reference_ms``, ``fast_ms`` and
+    ``fast/reference``, the speed-up (median of per-round ratios)."""
+    forms = {"reference": reference_form(layer).train(), "fast": layer.train()}
+    x = x.detach().requires_grad_()
+
+    def run(form: nn.Module) -> None:
+        with torch.enable_grad():
+            form(x).sum().backward()
+
+    times = interleaved_ms({name: (lambda _, f=f: run(f)) for name, f in forms.items()}, x, rounds, min_run_time)
+    ms = median_ms(times)
+    return {"reference_ms": ms["reference"], "fast_ms": ms["fast"],
+            "fast/reference": median_ratio(times, "reference", "fast")}
+
+
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The ``--train-step`` options of ``python -m repmlp_lite.bench`` (with its ``--device``, ``--rounds``,
     ``--min-run-time``, ``--csv``)."""
@@ -217,8 +293,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch", type=int, help="images per step (default: 128 on a GPU, 8 on a CPU)")
     group.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="autocast (default fp32)")
     group.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
-                       help=f"torch.compile both forms with this mode ({', '.join(COMPILE_MODES)}; default: default)")
-    group.add_argument("--channels-last", action="store_true", help="both forms in the channels-last memory format")
+                       help=f"torch.compile the fast form with this mode ({', '.join(COMPILE_MODES)}; default: default)")
+    group.add_argument("--channels-last", action="store_true", help="the fast form in the channels-last memory format")
     group.add_argument("--top", type=int, default=10, help="operators or kernels per profile (0: no profile)")
 
 

@@ -136,6 +136,7 @@ def test_sync_batch_norm_replaces_the_partition_batch_norms():
 
 @pytest.mark.parametrize("batch, channels, kernel, stride, bias", [
     (12, 1, 3, 1, False), (12, 2, 1, 1, False), (6, 3, 5, 1, True), (10, 4, 3, 2, True), (7, 1, 3, 1, False),
+    (4, 16, 3, 1, False),
 ])
 def test_partition_conv_is_nn_conv(assert_equivalent, batch, channels, kernel, stride, bias):
     """A depthwise conv widened to (A/r, r*S, h, w): outputs and gradients as nn.Conv2d's (float64)."""
@@ -155,10 +156,11 @@ def test_partition_conv_is_nn_conv(assert_equivalent, batch, channels, kernel, s
 
 
 def test_widening_stays_within_the_width():
-    """T224's depthwise branches at batch 128: (8192, 1, 56, 56) runs as (32, 256, 56, 56), and so on."""
-    assert ft.WIDE_CHANNELS == 256
-    assert ft.widening(8192, 1) == 256 and ft.widening(4096, 4) == 64 and ft.widening(512, 128) == 2
-    assert ft.widening(7, 1) == 1 and ft.widening(24, 16) == 8 and ft.widening(512, 300) == 1
+    """T224's depthwise branches at batch 128: (8192, 1, 56, 56) runs as (32, 256, 56, 56), (4096, 4, 28, 28)
+    as (64, 256, 28, 28); its later stages (S = 16 and 128) as they are."""
+    assert ft.WIDE_CHANNELS == 256 and ft.NARROW_CHANNELS == 16
+    assert ft.widening(8192, 1) == 256 and ft.widening(4096, 4) == 64 and ft.widening(2048, 16) == 1
+    assert ft.widening(7, 1) == 1 and ft.widening(24, 8) == 8 and ft.widening(512, 128) == 1
 
 
 def test_other_convs_run_as_nn_conv():

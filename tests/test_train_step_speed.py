@@ -4,6 +4,9 @@ its bad input, and the training command's --compile and --channels-last."""
 from __future__ import annotations
 
 import csv
+import json
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from repmlp_lite.train_step_speed import image_size, reference_form, short_name,
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--train-step", "--models", "small_repmlpnet", "--batch", "4", "--rounds", "1", "--min-run-time", "0.01"]
 
 
@@ -38,11 +42,15 @@ def test_train_step_prints_and_writes_both_forms_and_their_profiles(capsys, tmp_
         assert len(list(csv.DictReader(f))) == len(rows) == 7
 
 
-def test_compile_and_channels_last_reach_both_forms(monkeypatch, capsys):
-    modes = []
-    monkeypatch.setattr(torch, "compile", lambda model, mode: modes.append(mode) or model)
+def test_compile_and_channels_last_reach_the_fast_form(monkeypatch, capsys):
+    """The reference formulation runs as the training command ran it before these options."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: compiled.append((model, mode)) or model)
     (row,) = main([*TINY, "--top", "0", "--compile", "--channels-last"])
-    assert modes == ["default", "default"] and row["compile"] == "default" and row["channels_last"] is True
+    ((model, mode),) = compiled
+    assert mode == "default" and row["compile"] == "default" and row["channels_last"] is True
+    assert not any("forward" in vars(m) for m in model.modules())  # the fast form, not the reference
+    assert model.embedding.conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("options, message", [
@@ -103,3 +111,27 @@ def test_training_command_compiles_and_goes_channels_last(monkeypatch, tmp_path)
     assert final["agreement"] == 1.0 and final["max_rel_logit_diff"] < 1e-4
     saved = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
     assert saved["embedding.conv.weight"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_gpu_script_runs_its_steps_tiny_on_the_cpu(monkeypatch, tmp_path, capsys):
+    """results/train_step_gpu.py --tiny: the GPU measurement's settings (eager with profiles, compiled, zoo)
+    on small nets; its files and summary."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: compiled.append(mode) or model)
+    script = runpy.run_path(str(ROOT / "results" / "train_step_gpu.py"))
+    script["main"]([str(tmp_path), "--tiny", "--rounds", "1", "--min-run-time", "0.01"])
+    assert compiled == ["default"]
+    with open(tmp_path / "train_step.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["setting"], r["model"], r["precision"], r["compile"]) for r in rows] == [
+        ("target", "small_repmlpnet", "bf16", ""), ("target", "small_repmlpnet", "fp32", ""),
+        ("compiled", "small_repmlpnet", "bf16", "default"), ("zoo", "small_repmlp_resnet", "bf16", ""),
+    ]
+    with open(tmp_path / "kernels.csv") as f:
+        assert {(r["precision"], r["form"]) for r in csv.DictReader(f)} == {
+            (p, f) for p in ("bf16", "fp32") for f in ("reference", "fast")}
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["skipped"] == env["failed"] == [] and env["date"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Targets" in summary and "## Top kernels: small_repmlpnet, bf16" in summary
+    assert summary in capsys.readouterr().out

@@ -3,7 +3,8 @@
 * :mod:`~repmlp_lite.conv_as_fc`: a conv as an FC kernel, built by convolving an identity matrix.
 * :mod:`~repmlp_lite.fusion`: BatchNorm absorbed into the conv or FC next to it.
 * :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge;
-  :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward.
+  :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward; :mod:`~repmlp_lite.fast_training`:
+  the layers that run the training form's BatchNorms and conv branches in kernels suited to partitions.
 * :mod:`~repmlp_lite.reparameterize`: the one way a module says it is merged (``Reparameterizable``),
   merging a whole model (``reparameterize_model``, ``deploy``), and checking that the merge changed nothing.
 * :mod:`~repmlp_lite.nets`: the paper's RepMLP bottleneck and Light block, and small nets for chapter 5.
@@ -15,7 +16,8 @@
   :mod:`~repmlp_lite.recipe`, :mod:`~repmlp_lite.runtime`, :mod:`~repmlp_lite.checkpoint`,
   :mod:`~repmlp_lite.finish`).
 * :mod:`~repmlp_lite.measure` (counting, timing), :mod:`~repmlp_lite.block_costs`, :mod:`~repmlp_lite.bench`,
-  :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.tables`, :mod:`~repmlp_lite.export`: the measurements.
+  :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.train_step_speed`, :mod:`~repmlp_lite.tables`,
+  :mod:`~repmlp_lite.export`: the measurements.
 * :mod:`~repmlp_lite.style`, :mod:`~repmlp_lite.viz`, :mod:`~repmlp_lite.diagram`, :mod:`~repmlp_lite.overview`,
   :mod:`~repmlp_lite.static_widgets`, :mod:`~repmlp_lite.summary`, :mod:`~repmlp_lite.ablation`: the book's
   figures, widgets and tables (they need the ``[book]`` extra; ``import repmlp_lite`` imports none of them).

@@ -18,7 +18,8 @@ into FC1, and FC3+BN plus every conv+BN branch become one FC3 kernel and bias
 The merged form has its own forward, written for speed (:mod:`repmlp_lite.fast_forward`, where
 the measurements behind it are); the training form keeps the readable ``partition -> FCs ->
 unpartition`` of the paper's figure (:meth:`RepMLPBlock.reference_forward`), which is also the
-reference the fast forward is checked and timed against.
+reference the fast forward is checked and timed against. Its BatchNorms and conv branches are layers
+of :mod:`repmlp_lite.fast_training`: ``torch.nn``'s numbers in kernels suited to many small maps.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ __all__ = [
     "CATEGORIES",
     "COLUMNS",
     "FORMS",
+    "GPU_TARGETS",
     "OTHER",
     "PRECISIONS",
     "add_options",
@@ -60,6 +61,11 @@ PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 """``--precision``: its autocast setting of the training command (``--amp``)."""
 
 FORMS = ("reference", "fast")
+
+GPU_TARGETS = {"repmlpnet_t224": 1800.0, "repmlp_pure_mlp_cifar": 10000.0}
+"""Issue 24's goals for the fast form on one H200, images/s at batch 128 with bf16 autocast: T224 four
+times the authors' code (411 images/s there), the pure MLP past its launch-bound 3,934
+(``results/train_step_h200_before/``). ``results/train_step_gpu.py`` measures them."""
 
 # the torch.nn layer whose forward is the reference formulation of each fast layer
 _REFERENCE_LAYERS: dict[type[nn.Module], type[nn.Module]] = {

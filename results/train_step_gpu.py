@@ -40,10 +40,9 @@ import torch
 
 from repmlp_lite.bench import format_table, write_csv
 from repmlp_lite.fast_training import PartitionBatchNorm1d, PartitionBatchNorm2d, PartitionConv2d
-from repmlp_lite.train_step_speed import COLUMNS, compare_steps
+from repmlp_lite.train_step_speed import COLUMNS, GPU_TARGETS, compare_steps
 from repmlp_lite.zoo import create_model, list_models
 
-TARGETS = {"repmlpnet_t224": 1800.0, "repmlp_pure_mlp_cifar": 10000.0}  # images/s, batch 128, bf16, one H200
 COMPILE_MODES = {"repmlpnet_t224": "default", "repmlp_pure_mlp_cifar": "reduce-overhead"}
 SLOWER = 0.97  # a zoo model counts as slower than before below this speed-up (timing noise is ~1-2%)
 ROW_COLUMNS = ["setting", *COLUMNS["train_step"]]
@@ -59,8 +58,8 @@ def with_fast_layers() -> list[str]:
 
 def settings(tiny: bool) -> list[dict[str, Any]]:
     """What to measure, in order (module docstring); ``tiny``: the same kinds of setting on small nets, batch 4."""
-    targets = ["small_repmlpnet"] if tiny else list(TARGETS)
-    others = ["small_repmlp_resnet"] if tiny else [n for n in with_fast_layers() if n not in TARGETS]
+    targets = ["small_repmlpnet"] if tiny else list(GPU_TARGETS)
+    others = ["small_repmlp_resnet"] if tiny else [n for n in with_fast_layers() if n not in GPU_TARGETS]
     batch = 4 if tiny else 128
     eager = [dict(setting="target", name=name, batch=batch, precision=precision, top=10)
              for name in targets for precision in ("bf16", "fp32")]
@@ -93,7 +92,7 @@ def environment(device: str, argv: list[str]) -> dict[str, Any]:
 def target_lines(rows: list[dict[str, Any]], tiny: bool) -> list[str]:
     """Issue 24's targets, met or not, from the rows measured."""
     lines = []
-    for name, goal in TARGETS.items():
+    for name, goal in GPU_TARGETS.items():
         best = [r for r in rows if r["model"] == name and r["precision"] == "bf16" and r["batch"] == 128]
         if best:
             top = max(best, key=lambda r: r["fast_img_s"])

@@ -25,6 +25,17 @@ def _assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert error < 1e-10, f"max |actual - expected| / {scale:.3g} = {error:.3g}"
 
 
+def _forward_backward(layers: tuple[nn.Module, ...], x: torch.Tensor, gen: torch.Generator):
+    """Each layer on its own copy of ``x``, then the backward of one random gradient through each: the
+    outputs and the input gradients."""
+    xs = [x.clone().requires_grad_() for _ in layers]
+    ys = [layer(copy) for layer, copy in zip(layers, xs)]
+    grad = torch.randn(ys[0].shape, generator=gen, dtype=x.dtype)
+    for y in ys:
+        y.backward(grad)
+    return ys, [copy.grad for copy in xs]
+
+
 @pytest.fixture
 def hand_bn(monkeypatch):
     """The hand-written BatchNorm on this CPU for any size (by default it runs on GPUs only, from 2**18
@@ -68,15 +79,11 @@ def test_partition_batch_norm_is_torchs_batch_norm(hand_bn, assert_equivalent, s
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         x = torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 2
-        grad = torch.randn(shape, generator=gen, dtype=torch.float64)
-        xs = [x.clone().requires_grad_() for _ in range(2)]
-        ys = [fast(xs[0]), ref(xs[1])]
+        ys, grads = _forward_backward((fast, ref), x, gen)
         assert "BatchNormFunctionBackward" in _graph_names(ys[0])
         assert "BatchNormFunctionBackward" not in _graph_names(ys[1])
-        for y in ys:
-            y.backward(grad)
         assert_equivalent(*ys)
-        assert_equivalent(xs[0].grad, xs[1].grad)
+        assert_equivalent(*grads)
     for a, b in zip(fast.parameters(), ref.parameters()):
         assert_equivalent(a.grad, b.grad)
     for (name, a), b in zip(fast.named_buffers(), ref.buffers()):
@@ -142,15 +149,11 @@ def test_partition_conv_is_nn_conv(assert_equivalent, batch, channels, kernel, s
     """A depthwise conv widened to (A/r, r*S, h, w): outputs and gradients as nn.Conv2d's (float64)."""
     fast = ft.PartitionConv2d(channels, channels, kernel, stride, kernel // 2, groups=channels, bias=bias).double()
     ref = reference_form(fast)
-    x = torch.randn(batch, channels, 6, 5, dtype=torch.float64)
-    xs = [x.clone().requires_grad_() for _ in range(2)]
-    ys = [fast(xs[0]), ref(xs[1])]
+    gen = torch.Generator().manual_seed(0)
+    ys, grads = _forward_backward((fast, ref), torch.randn(batch, channels, 6, 5, dtype=torch.float64), gen)
     assert ("RepeatBackward0" in _graph_names(ys[0])) == (ft.widening(batch, channels) > 1)
-    grad = torch.randn_like(ys[1])
-    for y in ys:
-        y.backward(grad)
     assert_equivalent(*ys)
-    assert_equivalent(xs[0].grad, xs[1].grad)
+    assert_equivalent(*grads)
     for a, b in zip(fast.parameters(), ref.parameters()):
         assert_equivalent(a.grad, b.grad)
 

@@ -187,7 +187,7 @@ MODELS = {  # name: (builder, input shape); enough values per BN channel that fl
     "small_repmlpnet, S=1 and 8": (lambda: create_model("small_repmlpnet", channels=(8, 16), sharesets=(1, 8)),
                                    (8, 1, 32, 32)),
     "small_repmlpnet, 4 partitions": (lambda: create_model("small_repmlpnet", partitions_per_side=2), (3, 1, 32, 32)),
-    "repmlp_pure_mlp_cifar, narrower": (lambda: create_model("repmlp_pure_mlp_cifar", channels=(8, 16, 16)),
+    "repmlp_pure_mlp_cifar, narrower": (lambda: create_model("repmlp_pure_mlp_cifar", channels=(4, 8, 8)),
                                         (4, 3, 32, 32)),
 }
 

@@ -142,8 +142,8 @@ def test_sync_batch_norm_replaces_the_partition_batch_norms():
 
 
 @pytest.mark.parametrize("batch, channels, kernel, stride, bias", [
-    (12, 1, 3, 1, False), (12, 2, 1, 1, False), (6, 3, 5, 1, True), (10, 4, 3, 2, True), (7, 1, 3, 1, False),
-    (4, 16, 3, 1, False),
+    (48, 1, 3, 1, False), (32, 2, 1, 1, False), (96, 3, 5, 1, True), (40, 4, 3, 2, True), (7, 1, 3, 1, False),
+    (64, 16, 3, 1, False),
 ])
 def test_partition_conv_is_nn_conv(assert_equivalent, batch, channels, kernel, stride, bias):
     """A depthwise conv widened to (A/r, r*S, h, w): outputs and gradients as nn.Conv2d's (float64)."""
@@ -161,9 +161,10 @@ def test_partition_conv_is_nn_conv(assert_equivalent, batch, channels, kernel, s
 def test_widening_stays_within_the_width():
     """T224's depthwise branches at batch 128: (8192, 1, 56, 56) runs as (32, 256, 56, 56), (4096, 4, 28, 28)
     as (64, 256, 28, 28); its later stages (S = 16 and 128) as they are."""
-    assert ft.WIDE_CHANNELS == 256 and ft.NARROW_CHANNELS == 16
+    assert ft.WIDE_CHANNELS == 256 and ft.NARROW_CHANNELS == 16 and ft.MIN_WIDE_BATCH == 16
     assert ft.widening(8192, 1) == 256 and ft.widening(4096, 4) == 64 and ft.widening(2048, 16) == 1
-    assert ft.widening(7, 1) == 1 and ft.widening(24, 8) == 8 and ft.widening(512, 128) == 1
+    assert ft.widening(64, 1) == 4 and ft.widening(256, 4) == 16  # 16 maps of 4 and 64 channels
+    assert ft.widening(31, 1) == 1 and ft.widening(48, 8) == 3 and ft.widening(512, 128) == 1
 
 
 def test_other_convs_run_as_nn_conv():
@@ -176,14 +177,15 @@ def test_other_convs_run_as_nn_conv():
 # ---- whole models: the fast training form against the reference formulation ---------------------------
 
 
-MODELS = {  # name: (builder, input shape); enough values per BN channel that float64 rounding stays small
+MODELS = {  # name: (builder, input shape); enough values per BN channel that float64 rounding stays small,
+    # and enough maps that the RepMLPNet blocks' conv branches are widened (MIN_WIDE_BATCH)
     "RepMLPBlock, global perceptron, g=2": (lambda: RepMLPBlock(8, 8, 8, 8, 4, 4, groups=2), (3, 8, 8, 8)),
     "RepMLPBlock, no global perceptron, g=1": (
         lambda: RepMLPBlock(4, 6, 8, 8, 4, 4, global_perceptron=False, reparam_conv_k=(1, 3, 5)), (3, 4, 8, 8)),
     "RepMLPNetBlock, S=1": (lambda: RepMLPNetBlock(6, 3, 2, num_sharesets=1), (3, 6, 6, 4)),
-    "RepMLPNetBlock, S=4": (lambda: RepMLPNetBlock(8, 3, 2, num_sharesets=4), (3, 8, 6, 4)),
+    "RepMLPNetBlock, S=4": (lambda: RepMLPNetBlock(8, 3, 2, num_sharesets=4), (8, 8, 6, 4)),
     "small_repmlp_resnet": (lambda: create_model("small_repmlp_resnet", width=8, h=4, image_size=16), (3, 3, 16, 16)),
-    "small_repmlpnet": (lambda: create_model("small_repmlpnet"), (3, 1, 32, 32)),
+    "small_repmlpnet": (lambda: create_model("small_repmlpnet"), (8, 1, 32, 32)),
     "small_repmlpnet, S=1 and 8": (lambda: create_model("small_repmlpnet", channels=(8, 16), sharesets=(1, 8)),
                                    (8, 1, 32, 32)),
     "small_repmlpnet, 4 partitions": (lambda: create_model("small_repmlpnet", partitions_per_side=2), (3, 1, 32, 32)),

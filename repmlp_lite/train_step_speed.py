@@ -39,7 +39,6 @@ from .zoo import create_model, list_models
 __all__ = [
     "CATEGORIES",
     "COLUMNS",
-    "FORMS",
     "GPU_TARGETS",
     "OTHER",
     "PRECISIONS",
@@ -59,8 +58,6 @@ __all__ = [
 
 PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 """``--precision``: its autocast setting of the training command (``--amp``)."""
-
-FORMS = ("reference", "fast")
 
 GPU_TARGETS = {"repmlpnet_t224": 1800.0, "repmlp_pure_mlp_cifar": 10000.0}
 """Issue 24's goals for the fast form on one H200, images/s at batch 128 with bf16 autocast: T224 four

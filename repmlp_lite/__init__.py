@@ -4,7 +4,8 @@
 * :mod:`~repmlp_lite.fusion`: BatchNorm absorbed into the conv or FC next to it.
 * :mod:`~repmlp_lite.layers`: the layers several networks share (grouped FC, conv + BN, FC + BN).
 * :mod:`~repmlp_lite.block`: the RepMLP block (global, partition and local perceptrons) and its merge;
-  :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward.
+  :mod:`~repmlp_lite.fast_forward`: the merged block's fast forward; :mod:`~repmlp_lite.fast_training`:
+  the layers that run the training form's BatchNorms and conv branches in kernels suited to partitions.
 * :mod:`~repmlp_lite.reparameterize`: the one way a module says it is merged (``Reparameterizable``),
   merging a whole model (``reparameterize_model``, ``deploy``), and checking that the merge changed nothing.
 * :mod:`~repmlp_lite.precision`: full float32 on any device (``full_float32``: no TF32 on a GPU), under
@@ -19,8 +20,9 @@
   (:mod:`~repmlp_lite.training_run`, :mod:`~repmlp_lite.recipe`, :mod:`~repmlp_lite.runtime`,
   :mod:`~repmlp_lite.checkpoint`, :mod:`~repmlp_lite.finish`).
 * :mod:`~repmlp_lite.measure` (counting, timing), :mod:`~repmlp_lite.block_costs`, :mod:`~repmlp_lite.bench`,
-  :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.tables`, :mod:`~repmlp_lite.export`: the measurements;
-  :mod:`~repmlp_lite.measured`: figures measured on other machines (the repository's ``results/``).
+  :mod:`~repmlp_lite.paper_speed`, :mod:`~repmlp_lite.train_step_speed`, :mod:`~repmlp_lite.tables`,
+  :mod:`~repmlp_lite.export`: the measurements; :mod:`~repmlp_lite.measured`: figures measured on other
+  machines (the repository's ``results/``).
 * :mod:`~repmlp_lite.style`, :mod:`~repmlp_lite.viz`, :mod:`~repmlp_lite.diagram`, :mod:`~repmlp_lite.overview`,
   :mod:`~repmlp_lite.explorers`, :mod:`~repmlp_lite.summary`, :mod:`~repmlp_lite.ablation`: the book's
   figures, explorers and tables (they need the ``[chapters]`` extra; ``import repmlp_lite`` imports none of them).

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils import benchmark
 
-from . import paper_speed
+from . import paper_speed, train_step_speed
 from .block import RepMLPBlock
 from .block_costs import TIME_CATEGORIES, BareMatmuls, copy_bytes, time_breakdown
 from .conv_as_fc import conv_to_fc
@@ -390,7 +390,7 @@ COLUMNS = {
     "paper": ["net", "baseline", "batch", "measured", "paper", "net_ms", "baseline_ms", "target", "met"],
     "paper_gpu": ["mode", "net", "baseline", "measured", "paper", "net_ms", "baseline_ms", "net_images_per_s"],
     "profile": ["op", "calls", "self_ms", "share"],
-}
+} | train_step_speed.COLUMNS
 
 
 def _cell(value: Any) -> str:
@@ -420,23 +420,22 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(
-        prog="python -m repmlp_lite.bench", description="Measured costs of RepMLP: training form, merged form, limits."
-    )
+    parser = argparse.ArgumentParser(prog="python -m repmlp_lite.bench",
+                                     description="Measured costs of RepMLP: training form, merged form, limits.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="a few settings only (well under a minute on a CPU)")
     parser.add_argument("--csv", metavar="PATH", help="also write every row to this CSV file")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (default 3)")
     parser.add_argument("--min-run-time", type=float, default=0.1, help="seconds per timing (default 0.1)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument(
-        "--repmlpnet", action="store_true", help="also time RepMLPNet-B224 (training vs deployed, FC3 conv vs matmul)"
-    )
+    parser.add_argument("--repmlpnet", action="store_true",
+                        help="also time RepMLPNet-B224 (training vs deployed, FC3 conv vs matmul)")
     parser.add_argument("--repmlpnet-only", action="store_true", help="time RepMLPNet-B224 only")
     parser.add_argument("--paper", action="store_true", help="only the paper's speed claims: deployed zoo nets vs "
                         "ResNet-50/101 (CPU: 2 threads; --device cuda: batch 128 in fp32, TF32 and bf16)")
     parser.add_argument("--blocks-only", action="store_true",
                         help="only the block sweep, merged form against its bare matmuls (no training form, no conv)")
+    train_step_speed.add_options(parser)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here")
@@ -444,9 +443,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         return paper_main(args.quick, args.rounds, args.min_run_time, args.threads or 2, args.csv, args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-
     timing = dict(rounds=args.rounds, min_run_time=args.min_run_time)
     print(f"# {machine()}; device {args.device}; {args.rounds} rounds x {args.min_run_time} s per timing")
+    if args.train_step:  # (bad input: parser.error, one line and exit status 2)
+        return _report(train_step_speed.run(args, parser.error), args.csv)
     if args.repmlpnet_only:
         tables = {"repmlpnet": repmlpnet_table(args.quick, args.device, **timing)}
         return _report(tables, args.csv)
@@ -465,7 +465,7 @@ def _report(tables: dict[str, list[dict[str, Any]]], csv_path: str | None) -> li
     """Print every table, write all rows to ``csv_path`` if given; return the rows."""
     rows = []
     for name, table in tables.items():
-        print(f"\n## {name}\n{format_table(table, COLUMNS[name])}")
+        print(f"\n## {name}\n{format_table(table, COLUMNS[name.split()[0]])}")
         rows += table
     if csv_path:
         write_csv(rows, csv_path)

@@ -18,7 +18,8 @@ into FC1, and FC3+BN plus every conv+BN branch become one FC3 kernel and bias
 The merged form has its own forward, written for speed (:mod:`repmlp_lite.fast_forward`, where
 the measurements behind it are); the training form keeps the readable ``partition -> FCs ->
 unpartition`` of the paper's figure (:meth:`RepMLPBlock.reference_forward`), which is also the
-reference the fast forward is checked and timed against.
+reference the fast forward is checked and timed against. Its BatchNorms and conv branches are layers
+of :mod:`repmlp_lite.fast_training`: ``torch.nn``'s numbers in kernels suited to many small maps.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 from . import fast_forward
 from ._checks import check_4d, check_divisible, check_positive
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
+from .fast_training import PartitionBatchNorm1d
 from .fusion import fuse_bn_linear, fuse_linear_bn
 from .layers import ConvBNBranch, GroupedFC
 from .reparameterize import Reparameterizable
@@ -153,7 +155,7 @@ class RepMLPBlock(Reparameterizable):
             GlobalPerceptron(in_channels, H // h, W // w, h, w, fc1_fc2_reduction) if needs_global else None
         )
         self.fc3 = GroupedFC(in_channels * h * w, out_channels * h * w, groups)
-        self.fc3_bn: nn.BatchNorm1d | None = nn.BatchNorm1d(out_channels * h * w)
+        self.fc3_bn: nn.BatchNorm1d | None = PartitionBatchNorm1d(out_channels * h * w)  # nn.BatchNorm1d's numbers
         self.local_perceptron: nn.ModuleDict | None = nn.ModuleDict(
             {f"conv{k}": ConvBNBranch(in_channels, out_channels, k, groups) for k in reparam_conv_k}
         )

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_divisible, check_odd_kernel
+from .fast_training import PartitionBatchNorm2d, PartitionConv2d
 from .fusion import fuse_conv_bn, fuse_linear_bn
 from .reparameterize import Reparameterizable
 
@@ -69,15 +70,19 @@ class GroupedFC(nn.Module):
 
 class ConvBNBranch(nn.Sequential):
     """A bias-free conv with "same" padding followed by BatchNorm2d: ``(M, C, h, w) -> (M, O, h, w)``, one
-    local-perceptron branch. The block that owns it folds :meth:`fused` into its FC3."""
+    local-perceptron branch. The block that owns it folds :meth:`fused` into its FC3.
+
+    Both run on partitions, in layers that compute ``nn.Conv2d``'s and ``nn.BatchNorm2d``'s numbers in
+    kernels suited to many small maps (:mod:`repmlp_lite.fast_training`).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1):
         check_odd_kernel("reparam_conv_k", kernel_size)
         super().__init__()
-        self.conv = nn.Conv2d(
+        self.conv = PartitionConv2d(
             in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=False
         )
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.bn = PartitionBatchNorm2d(out_channels)
 
     def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The branch as one conv: ``(kernel (O, C/g, K, K), bias (O,))``."""

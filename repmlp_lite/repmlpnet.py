@@ -36,6 +36,7 @@ from torch import nn
 from ._checks import check_4d, check_divisible, check_positive
 from .block import partition, unpartition
 from .conv_as_fc import conv_bias_to_fc, conv_to_fc
+from .fast_training import PartitionBatchNorm2d
 from .fusion import fuse_bn_linear, fuse_linear_bn
 from .layers import ConvBNBranch, ConvBNLayer, grouped_linear
 from .official import register_official, renamed_state_dict
@@ -127,7 +128,7 @@ class RepMLPNetBlock(Reparameterizable):
         self.fc3_weight = nn.Parameter(torch.empty(features, h * w))
         nn.init.kaiming_uniform_(self.fc3_weight, a=5**0.5)  # as nn.Conv2d initialises the authors' fc3
         self.fc3_bias: nn.Parameter | None = None
-        self.fc3_bn: nn.BatchNorm2d | None = nn.BatchNorm2d(num_sharesets)
+        self.fc3_bn: nn.BatchNorm2d | None = PartitionBatchNorm2d(num_sharesets)  # nn.BatchNorm2d's numbers
         self.local_perceptron: nn.ModuleDict | None = nn.ModuleDict(
             {f"conv{k}": ConvBNBranch(num_sharesets, num_sharesets, k, groups=num_sharesets) for k in reparam_conv_k}
         )

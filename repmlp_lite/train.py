@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError
 from .data import DataError
+from .fast_training import COMPILE_MODES
 from .finish import finish
 from .runtime import TrainingError, UsageError, deterministic_kernels, seed_everything
 from .training_run import log_record, resume, save_checkpoint, set_up, start_log, train_one_epoch, validate
@@ -171,6 +172,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="deterministic kernels, for runs (also killed and resumed) that repeat bit for bit on a GPU",
     )
+    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+                   help=f"torch.compile the model with this mode ({', '.join(COMPILE_MODES)}; default: default)")
+    p.add_argument("--channels-last", action="store_true", help="the model in the channels-last memory format")
     p.add_argument("--kill-after-steps", type=int, default=0, help=argparse.SUPPRESS)  # tests: SIGKILL itself
     return p.parse_args(argv)
 

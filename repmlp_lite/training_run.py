@@ -43,6 +43,7 @@ from .checkpoint import (
     set_rng_states,
 )
 from .data import Augmented, DataError, Splits, build_splits, download_cifar
+from .fast_training import for_speed
 from .recipe import Recipe, make_optimizer, recipe_for, warmup_cosine
 from .runtime import (
     ResumableSampler,
@@ -223,11 +224,12 @@ def set_up(args: argparse.Namespace) -> TrainingRun:
     optimizer = make_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     total, warmup = args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch)
     scheduler = warmup_cosine(optimizer, total, warmup, recipe.warmup_lr, args.lr)
-    net: nn.Module = model
+    net: nn.Module = for_speed(model, channels_last=args.channels_last)  # before the DDP wrap, as DDP asks
     if args.sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if rt.world > 1:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    net = for_speed(net, compile_mode=args.compile)  # after it, so that DDP's buckets split the graph
     setup = {
         "model_name": args.model,
         "model_kwargs": kwargs,

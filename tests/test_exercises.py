@@ -41,8 +41,8 @@ def _problems(path: Path) -> list[str]:
     cells = _cells(path)
     problems = []
     exercises = [m for c in cells if c["cell_type"] == "markdown" for m in EXERCISE.findall(_source(c))]
-    if not exercises:
-        return [f"{path.name}: no exercises"]
+    if not exercises:  # a numbered chapter has exercises; an appendix (no number) need not
+        return [f"{path.name}: no exercises"] if re.match(r"\d", path.name) else []
     text = "\n".join(_source(c) for c in cells if c["cell_type"] == "markdown")
     if "dropdown solution" in text:
         problems.append(f"{path.name}: a solution is still a markdown dropdown (its code would not run)")

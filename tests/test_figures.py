@@ -40,9 +40,12 @@ def _source(cell: dict) -> str:
 
 
 def _prefix(chapter: str) -> str:
-    """``notebooks/06b_paper_numbers`` -> ``fig-ch6b-``."""
-    number = re.match(r"(\d+)([a-z]?)_", chapter.rsplit("/", 1)[-1])
-    assert number, f"{chapter}: chapter files start with their number"
+    """``notebooks/06b_paper_numbers`` -> ``fig-ch6b-``; an appendix (no number):
+    ``notebooks/training_step`` -> ``fig-training-step-``."""
+    stem = chapter.rsplit("/", 1)[-1]
+    number = re.match(r"(\d+)([a-z]?)_", stem)
+    if number is None:
+        return f"fig-{stem.replace('_', '-')}-"
     return f"fig-ch{int(number.group(1))}{number.group(2)}-"
 
 

@@ -9,15 +9,13 @@ Markdown carries the values the book's build glued: during the build, :func:`glu
 value's ``text/plain`` form to the file that :data:`GLUE_RECORD_ENV` names.
 
 :func:`static_page` tells a cell whether it runs for the HTML book, where a control that needs a
-running kernel could not move. :func:`results_location` says where a chapter reads the repository's
-committed measurements (``results/``) from.
+running kernel could not move.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from IPython import get_ipython
@@ -68,14 +66,3 @@ def glue(name: str, value: Any, *, machine_dependent: bool = False) -> Any:
 def static_page() -> bool:
     """True while a cell runs for the HTML book (the build sets :data:`STATIC_PAGE_ENV` to ``1``)."""
     return os.environ.get(STATIC_PAGE_ENV) == "1"
-
-
-def results_location(repository: str) -> str:
-    """Where the repository's ``results/`` folder is read from: the checkout's, beside ``notebooks/`` where
-    the chapters run (the HTML book, JupyterLab), else ``repository`` (a GitHub URL, the install cell's)
-    on GitHub's raw-file server, default branch (Colab, which opens the chapter alone). ``pandas`` reads
-    files from either."""
-    local = Path.cwd().parent / "results"
-    if local.is_dir():
-        return str(local)
-    return repository.rstrip("/").replace("https://github.com/", "https://raw.githubusercontent.com/") + "/HEAD/results"

@@ -1,7 +1,8 @@
 """Figures measured on machines the book is not built on, committed in the repository's ``results/``
 (e.g. ``results/gpu_h200.json``: the package on an NVIDIA H200), for the chapters to quote.
 
-:func:`load_results` reads such a file from the checkout this package runs from. A package installed
+:func:`load_results` reads such a JSON file, and :func:`results_path` says where any of them is (for
+``pandas``), from the checkout this package runs from. A package installed
 by pip from the book's repository (Colab's install cell) has no ``results/`` beside it: then the file is
 read from that repository, at the commit pip installed, named by the installation's ``direct_url.json``
 (PEP 610).
@@ -34,10 +35,17 @@ def _repository_url(name: str) -> str:
     return f"https://raw.githubusercontent.com/{repository}/{commit}/results/{name}"
 
 
+def results_path(name: str) -> str:
+    """Where ``results/<name>`` is read from: the checkout's file where there is one, else its URL in the
+    book's repository at the commit pip installed (see the module's docstring); ``pandas`` reads either."""
+    local = RESULTS / name
+    return str(local) if local.exists() else _repository_url(name)
+
+
 def load_results(name: str) -> dict[str, Any]:
     """The JSON file ``results/<name>`` of the book's repository (see the module's docstring)."""
-    local = RESULTS / name
-    if local.is_file():
-        return json.loads(local.read_text())
-    with urllib.request.urlopen(_repository_url(name), timeout=30) as response:
+    path = results_path(name)
+    if not path.startswith("https://"):
+        return json.loads(Path(path).read_text())
+    with urllib.request.urlopen(path, timeout=30) as response:
         return json.loads(response.read())

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from . import fast_training
 from .layers import GroupedFC
 
 
@@ -31,10 +32,16 @@ def _detail(module: nn.Module) -> str:
     return ""
 
 
+def layer_kind(module: nn.Module) -> str:
+    """The layer's class name; for the fast training form's layers (:mod:`repmlp_lite.fast_training`),
+    the ``torch.nn`` layer whose numbers they compute (``PartitionBatchNorm1d`` is a ``BatchNorm1d``)."""
+    return next(kind for kind in type(module).__mro__ if kind.__module__ != fast_training.__name__).__name__
+
+
 def layer_table(model: nn.Module) -> list[dict[str, Any]]:
     """One row per layer with its own parameters (and per pooling layer), in forward-definition order.
 
-    Columns: ``name`` (dotted path in ``model``), ``layer`` (class), ``shape`` (e.g. ``"16 -> 8, 3x3"``),
+    Columns: ``name`` (dotted path in ``model``), ``layer`` (:func:`layer_kind`), ``shape`` (e.g. ``"16 -> 8, 3x3"``),
     ``bias`` (for convs and FCs) and ``params``.
     """
     rows = []
@@ -45,7 +52,7 @@ def layer_table(model: nn.Module) -> list[dict[str, Any]]:
         bias = getattr(module, "bias", None) if isinstance(module, (nn.Conv2d, nn.Linear, GroupedFC)) else None
         rows.append({
             "name": name,
-            "layer": type(module).__name__,
+            "layer": layer_kind(module),
             "shape": _detail(module),
             "bias": "yes" if bias is not None else "",
             "params": sum(p.numel() for p in own),

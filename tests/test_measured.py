@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,14 @@ def test_outside_a_checkout_and_not_from_github_it_says_so(monkeypatch, tmp_path
     monkeypatch.setattr(measured.metadata, "distribution", lambda name: _Installed(None))  # a plain wheel
     with pytest.raises(FileNotFoundError, match=r"results/x\.json: not at .* clone of the book's repository"):
         measured.load_results("x.json")
+
+
+def test_results_path_is_the_checkouts_file_or_the_installed_commits_url(monkeypatch, tmp_path):
+    """The path ``pandas`` reads a committed measurement from (the training-step appendix's CSVs)."""
+    assert Path(measured.results_path("gpu_h200.json")) == measured.RESULTS / "gpu_h200.json"
+    assert measured.RESULTS == Path(__file__).resolve().parents[1] / "results"  # the checkout's
+    monkeypatch.setattr(measured, "RESULTS", tmp_path)
+    origin = {"url": "https://github.com/owner/book", "vcs_info": {"vcs": "git", "commit_id": "abc123"}}
+    monkeypatch.setattr(measured.metadata, "distribution", lambda name: _Installed(origin))
+    url = measured.results_path("train_step_h200_before/kernels.csv")
+    assert url == "https://raw.githubusercontent.com/owner/book/abc123/results/train_step_h200_before/kernels.csv"

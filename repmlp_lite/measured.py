@@ -1,6 +1,7 @@
 """Figures measured on machines the book is not built on, committed in the repository's ``results/``
 (e.g. ``results/gpu_h200.json``: the package on an NVIDIA H200), for the chapters to quote.
 
+:func:`checkout_commit` names the commit a new measurement is taken at, for its provenance.
 :func:`load_results` reads such a JSON file, and :func:`results_path` says where any of them is (for
 ``pandas``), from the checkout this package runs from. A package installed
 by pip from the book's repository (Colab's install cell) has no ``results/`` beside it: then the file is
@@ -11,12 +12,23 @@ read from that repository, at the commit pip installed, named by the installatio
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def checkout_commit() -> str:
+    """The short commit of the git checkout this package runs from (where ``results/`` is), for the
+    provenance of a measurement; ``"unknown (no git checkout)"`` outside one."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS.parent, capture_output=True, text=True)
+    except OSError:  # no git
+        return "unknown (no git checkout)"
+    return done.stdout.strip() or "unknown (no git checkout)"
 
 
 def _repository_url(name: str) -> str:

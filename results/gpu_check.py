@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from repmlp_lite import check_equivalence, create_model, deploy  # noqa: E402  (the checkout's package)
 from repmlp_lite.measure import randomize_bn  # noqa: E402
+from repmlp_lite.measured import checkout_commit  # noqa: E402
 from repmlp_lite.paper_speed import CLAIMS, GPU_MODES  # noqa: E402
 from repmlp_lite.precision import float32_precision  # noqa: E402
 
@@ -220,11 +221,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one test file, batch 2, the bench's quick mode")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
+    commit = checkout_commit()
     summary: dict[str, Any] = {"provenance": {
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else f"none: {platform.processor() or 'CPU'}",
         "torch": torch.__version__,

@@ -30,7 +30,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 
 from repmlp_lite.bench import format_table, write_csv
 from repmlp_lite.fast_training import PartitionBatchNorm1d, PartitionBatchNorm2d, PartitionConv2d
+from repmlp_lite.measured import checkout_commit
 from repmlp_lite.train_step_speed import COLUMNS, GPU_TARGETS, compare_steps
 from repmlp_lite.zoo import create_model, list_models
 
@@ -71,11 +71,6 @@ def settings(tiny: bool) -> list[dict[str, Any]]:
 
 def environment(device: str, argv: list[str]) -> dict[str, Any]:
     """The machine, the software and the command, for the record."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (no git checkout)"
     return {
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "cpu": platform.processor() or platform.machine(),
@@ -84,7 +79,7 @@ def environment(device: str, argv: list[str]) -> dict[str, Any]:
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "package_commit": commit,
+        "package_commit": checkout_commit(),
         "command": " ".join(["python", "results/train_step_gpu.py", *argv]),
     }
 

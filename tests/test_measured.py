@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,12 @@ def test_results_path_is_the_checkouts_file_or_the_installed_commits_url(monkeyp
     monkeypatch.setattr(measured.metadata, "distribution", lambda name: _Installed(origin))
     url = measured.results_path("train_step_h200_before/kernels.csv")
     assert url == "https://raw.githubusercontent.com/owner/book/abc123/results/train_step_h200_before/kernels.csv"
+
+
+def test_checkout_commit_names_this_checkouts_commit_or_says_there_is_none(monkeypatch, tmp_path):
+    """The provenance of a new measurement (results/gpu_check.py, results/train_step_gpu.py)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=measured.RESULTS.parent, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert measured.checkout_commit() == head
+    monkeypatch.setattr(measured, "RESULTS", tmp_path / "results")  # a folder in no git checkout
+    assert measured.checkout_commit() == "unknown (no git checkout)"

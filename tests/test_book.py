@@ -65,18 +65,22 @@ CODE_COLUMN = 88  # characters: book/_css/book.css sizes the code font so that t
 FOLDED_CODE_COLUMN = 85  # a folded cell's code ("hide-input") sits in a box 3% narrower
 
 
+def _code_column(cell: dict) -> int:
+    """How many characters a code cell's lines may have in the book: fewer in a folded cell."""
+    return FOLDED_CODE_COLUMN if "hide-input" in cell["metadata"].get("tags", []) else CODE_COLUMN
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_code_lines_fit_the_code_column(chapter):
     """No code line is wider than the book's code column (it would scroll sideways), nor than the
     narrower box of a folded cell."""
     cells = json.loads((REPO / f"{chapter}.ipynb").read_text(encoding="utf-8"))["cells"]
     long = [
-        f"cell {i}: {len(line)} chars (at most {width}): {line[:60]}..."
+        f"cell {i}: {len(line)} chars (at most {_code_column(cell)}): {line[:60]}..."
         for i, cell in enumerate(cells)
         if cell["cell_type"] == "code"
-        for width in [FOLDED_CODE_COLUMN if "hide-input" in cell["metadata"].get("tags", []) else CODE_COLUMN]
         for line in "".join(cell["source"]).splitlines()
-        if len(line) > width
+        if len(line) > _code_column(cell)
     ]
     assert not long, f"{chapter}: code lines wider than the code column:\n" + "\n".join(long)
 
